@@ -1,0 +1,278 @@
+"""The `captiond` command line: run, ls, sources. Maps every CaptiondError to one line and an exit code.
+
+Exit codes: 0 all done, 1 some files failed, 2 bad config or usage, 3 model server unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import Config, ModelConfig, find_config_file, load_config
+from .errors import CaptiondError, ConfigError, UsageError
+from .library import parse_filter, scan
+from .metadata import Exiftool
+from .model import ModelClient
+from .pipeline import CAPTIONED, FAILED, SKIPPED, WOULD_CAPTION, Captioner, Outcome, RunOptions, run_pipeline
+from .progress import Progress
+from .sources import PRIORITIES, WRITABLE_SOURCES, resolve_source
+
+log = logging.getLogger("captiond")
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    setup_logging(arguments.verbose, arguments.quiet)
+    try:
+        return int(arguments.handler(arguments))
+    except ConfigError as error:
+        print(f"captiond: {error}", file=sys.stderr)
+        return error.exit_code
+    except CaptiondError as error:
+        print(f"captiond: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("captiond: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `captiond ls | head`: the reader left; not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="captiond", description="Caption photos with a local vision model and write the captions into the files.")
+    parser.add_argument("--version", action="version", version=f"captiond {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", metavar="FILE", help="vision.yml to read (default: $CAPTIOND_CONFIG, "
+                        "./vision.yml, $XDG_CONFIG_HOME/captiond/vision.yml, /etc/captiond/vision.yml)")
+    common.add_argument("--verbose", "-v", action="store_true", help="log every file and every retry")
+    common.add_argument("--quiet", "-q", action="store_true", help="print only warnings, errors and the summary")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", parents=[common], help="caption the library (or the files matching FILTER) once",
+                              description="Caption every photo under the originals folder that needs it, then exit. "
+                              "FILTER terms are paths or globs relative to the originals "
+                              "(also path:DIR and name:GLOB); "
+                              "a file matching any term is taken.")
+    run.add_argument("filters", nargs="*", metavar="FILTER")
+    run.add_argument("--models", "-m", default="caption", help="model types to run, comma-separated (default: caption)")
+    run.add_argument("--source", "-s", default="auto", choices=WRITABLE_SOURCES, metavar="SRC",
+                     help="source recorded with the captions (default: auto = the engine, e.g. ollama); "
+                     f"one of {', '.join(WRITABLE_SOURCES)}")
+    run.add_argument("--force", "-f", action="store_true",
+                     help="replace existing captions whose source has a priority <= that of --source")
+    run.add_argument("--dry-run", action="store_true", help="show what would be captioned; ask and write nothing")
+    run.add_argument("--count", "-n", type=_positive_int, metavar="N", help="caption at most N files")
+    run.add_argument("--originals", "-o", metavar="DIR", help="the originals folder (overrides Daemon.Originals)")
+    run.add_argument("--write", choices=("sidecar", "embedded"), help="where captions go (overrides Daemon.Write)")
+    run.add_argument("--parallel", "-p", type=_positive_int, metavar="N",
+                     help="requests in flight at once (overrides Daemon.Parallel; match OLLAMA_NUM_PARALLEL)")
+    run.set_defaults(handler=command_run)
+
+    listing = commands.add_parser("ls", parents=[common], help="show the effective models, like `photoprism vision ls`")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(handler=command_ls)
+
+    sources = commands.add_parser("sources", parents=[common], help="show the source priority table")
+    sources.set_defaults(handler=command_sources)
+    return parser
+
+
+def setup_logging(verbose: bool, quiet: bool) -> None:
+    """Log readable lines to stderr."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    for noisy in ("httpx", "httpcore", "exiftool", "watchdog"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def load(arguments: argparse.Namespace) -> Config:
+    """Return the configuration named by --config (or found), with warnings logged."""
+    config = load_config(find_config_file(arguments.config, os.environ))
+    for warning in config.warnings:
+        log.warning("%s: %s", config.path or "vision.yml", warning)
+    return config
+
+
+def command_run(arguments: argparse.Namespace) -> int:
+    """Caption the library once; return the exit code."""
+    config = load(arguments).with_daemon(
+        originals=Path(arguments.originals) if arguments.originals else None,
+        write=arguments.write, parallel=arguments.parallel)
+    originals = config.daemon.originals
+    if originals is None:
+        raise UsageError("no originals folder: pass --originals DIR or set Daemon.Originals in vision.yml")
+    model = _caption_model(config, arguments.models)
+    options = RunOptions(resolve_source(arguments.source, model.service.request_format), arguments.force,
+                         arguments.dry_run, arguments.count)
+    terms = parse_filter(arguments.filters, originals)
+    client = None if arguments.dry_run else ModelClient(model, config.daemon)
+    try:
+        if client is not None:
+            client.check()
+            log.info("using %s on %s", model.model_id, client.uri)
+        with Exiftool() as exiftool:
+            captioner = Captioner(config, model, client, exiftool, options)
+            paths = list(scan(originals, terms))
+            summary = Summary(originals)
+            with Progress(len(paths), enabled=sys.stderr.isatty() and not arguments.quiet) as progress:
+                def record(outcome: Outcome) -> None:
+                    summary.add(outcome)
+                    progress.advance(outcome)
+                try:
+                    run_pipeline(captioner, paths, record)
+                finally:
+                    summary.print(sys.stdout)
+    finally:
+        if client is not None:
+            client.close()
+    return EXIT_FAILURES if summary.failed else EXIT_OK
+
+
+def _caption_model(config: Config, models: str) -> ModelConfig:
+    types = [name.strip() for name in models.split(",") if name.strip()]
+    unsupported = [name for name in types if name != "caption"]
+    if unsupported or not types:
+        raise UsageError(f"--models {models}: captiond runs caption models (labels are not supported yet)")
+    model = config.model("caption")
+    if model is None:
+        raise ConfigError(["Models: every caption model is disabled"], str(config.path or "vision.yml"))
+    if not model.usable:
+        raise ConfigError([f"Models[{model.index}]: captiond speaks to ollama or openai engines, "
+                           f"not {model.engine}"], str(config.path or "vision.yml"))
+    return model
+
+
+class Summary:
+    """Counts outcomes and prints the end-of-run report."""
+
+    def __init__(self, originals: Path) -> None:
+        self.originals = originals
+        self.started = time.monotonic()
+        self.counts: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.failures: list[Outcome] = []
+
+    @property
+    def failed(self) -> int:
+        """Return how many files failed."""
+        return self.counts[FAILED]
+
+    def add(self, outcome: Outcome) -> None:
+        """Count one outcome and log it."""
+        self.counts[outcome.status] += 1
+        name = self._relative(outcome.path)
+        if outcome.status == CAPTIONED:
+            log.info("captioned %s: %s", name, outcome.caption)
+        elif outcome.status == WOULD_CAPTION:
+            log.info("would caption %s (%s)", name, outcome.reason)
+        elif outcome.status == SKIPPED:
+            self.skipped[outcome.reason] += 1
+            log.debug("skipped %s: %s", name, outcome.reason)
+        else:
+            self.failures.append(outcome)
+            log.error("failed %s: %s", name, outcome.reason)
+
+    def print(self, stream: object) -> None:
+        """Print the summary: captioned, skipped and why, failed and why."""
+        seconds = time.monotonic() - self.started
+        lines = [f"captioned {self.counts[CAPTIONED]}, skipped {self.counts[SKIPPED]}, failed {self.failed}"
+                 + (f", would caption {self.counts[WOULD_CAPTION]}" if self.counts[WOULD_CAPTION] else "")
+                 + f" in {seconds:.1f}s"]
+        lines += [f"  skipped {count:>6}  {reason}" for reason, count in self.skipped.most_common()]
+        for outcome in self.failures[:20]:
+            lines.append(f"  failed  {self._relative(outcome.path)}: {outcome.reason}"
+                         + (" (temporary: try again later)" if outcome.transient else ""))
+        if len(self.failures) > 20:
+            lines.append(f"  ... and {len(self.failures) - 20} more failures")
+        print("\n".join(lines), file=stream)  # type: ignore[call-overload]
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.originals).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def command_ls(arguments: argparse.Namespace) -> int:
+    """Print the effective models like `photoprism vision ls`."""
+    config = load(arguments)
+    rows = [_model_row(config, model) for model in config.models]
+    if arguments.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    headers = ["Model", "Type", "Engine", "Endpoint", "Format", "Resolution", "Options", "Status"]
+    table = [[str(row["model"]), str(row["type"]), str(row["engine"]), str(row["endpoint"]), str(row["format"]),
+              str(row["resolution"]), json.dumps(row["options"], separators=(",", ":")), str(row["status"])]
+             for row in rows]
+    _print_table(headers, table)
+    return EXIT_OK
+
+
+def _model_row(config: Config, model: ModelConfig) -> dict[str, object]:
+    effective = config.model(model.type) is model
+    if model.disabled:
+        status = "Disabled"
+    elif effective and model.type == "caption" and model.usable:
+        status = "Enabled (used by captiond)"
+    elif effective:
+        status = "Enabled (not used by captiond)"
+    else:
+        status = "Enabled (overridden by a later entry)"
+    service = model.service
+    return {
+        "model": model.model_id, "type": model.type, "engine": model.engine,
+        "endpoint": f"{service.method} {service.redacted_uri()}",
+        "format": f"{service.request_format}:{service.response_format}"
+        + (f" ({model.format})" if model.format else ""),
+        "resolution": model.resolution, "options": dict(model.options), "status": status,
+        "key": "set" if service.key else "", "think": service.think, "stream": service.stream,
+    }
+
+
+def command_sources(arguments: argparse.Namespace) -> int:
+    """Print PhotoPrism's source priority table."""
+    rows = [[source, str(priority), "yes" if source in WRITABLE_SOURCES else ""]
+            for source, priority in sorted(PRIORITIES.items(), key=lambda item: (item[1], item[0]))]
+    _print_table(["Source", "Priority", "--source"], rows)
+    print("\nA caption is written when there is none, or with --force when priority(--source) >= priority(current).\n"
+          "A caption with no record of ours, or edited since we wrote it, counts as xmp (sidecar) or meta (embedded).")
+    return EXIT_OK
+
+
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
+    print("  ".join(header.ljust(width) for header, width in zip(headers, widths, strict=True)).rstrip())
+    print("  ".join("-" * width for width in widths))
+    for row in rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,531 @@
+"""Load and validate vision.yml (PhotoPrism's `Models`/`Thresholds` plus our `Daemon:`) into frozen dataclasses.
+
+Every problem in the file is collected with its location (``Models[1].Resolution: ...``) and
+reported at once as one ConfigError; unknown keys are warnings. PhotoPrism ignores `Daemon:`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+MODEL_TYPES = ("caption", "labels", "nsfw", "face", "generate")
+CAPTIOND_TYPES = ("caption",)
+REMOTE_ENGINES = ("ollama", "openai")
+WRITE_MODES = ("sidecar", "embedded")
+SIDECAR_NAMES = ("ext", "base")
+WATCHERS = ("auto", "inotify", "polling")
+
+DEFAULT_MODEL = "gemma3:latest"
+DEFAULT_OLLAMA_BASE_URL = "http://localhost:11434"
+DEFAULT_CAPTION_PROMPT = (
+    "Create a caption with exactly one sentence in the active voice that describes the main visual "
+    "content. Begin with the main subject and clear action. Avoid text formatting, meta-language, "
+    "and filler words."
+)
+DEFAULT_TEMPERATURE = 0.1
+DEFAULT_NUM_PREDICT = 256
+
+# PhotoPrism's ModelOptions: YAML key -> Ollama option name (internal/ai/vision/model_options.go).
+OPTION_NAMES: Mapping[str, str] = MappingProxyType(
+    {
+        "Temperature": "temperature", "TopK": "top_k", "TopP": "top_p", "MinP": "min_p",
+        "TypicalP": "typical_p", "TfsZ": "tfs_z", "Seed": "seed", "NumKeep": "num_keep",
+        "RepeatLastN": "repeat_last_n", "RepeatPenalty": "repeat_penalty",
+        "PenalizeNewline": "penalize_newline", "Stop": "stop", "Mirostat": "mirostat",
+        "MirostatTau": "mirostat_tau", "MirostatEta": "mirostat_eta", "NumPredict": "num_predict",
+        "NumCtx": "num_ctx", "NumThread": "num_thread", "NumBatch": "num_batch", "NumGpu": "num_gpu",
+        "MainGpu": "main_gpu", "LowVram": "low_vram", "VocabOnly": "vocab_only", "UseMmap": "use_mmap",
+        "UseMlock": "use_mlock", "Numa": "numa", "PresencePenalty": "presence_penalty",
+        "FrequencyPenalty": "frequency_penalty", "MaxOutputTokens": "max_output_tokens",
+    }
+)
+BOOLEAN_OPTIONS = frozenset({"PenalizeNewline", "LowVram", "VocabOnly", "UseMmap", "UseMlock", "Numa"})
+# Keys PhotoPrism knows that captiond accepts silently but does not use.
+IGNORED_OPTIONS = frozenset({"ForceJson", "SchemaVersion", "CombineOutputs", "Detail"})
+MODEL_KEYS = frozenset(
+    {
+        "Type", "Default", "Name", "Model", "Version", "Engine", "Run", "System", "Prompt", "Format",
+        "Normalize", "Schema", "SchemaFile", "Resolution", "TensorFlow", "ONNX", "Meta", "LabelFile",
+        "CanonicalOrder", "Options", "Service", "Path", "Disabled", "Reduction", "UnsafeClassIndex",
+        "NeutralClassIndex", "DefaultThreshold",
+    }
+)
+SERVICE_KEYS = frozenset(
+    {
+        "Uri", "Method", "Key", "Username", "Password", "Model", "Org", "Project", "Tier", "FileScheme",
+        "RequestFormat", "ResponseFormat", "Think", "Disabled", "Stream",
+    }
+)
+THRESHOLD_KEYS = frozenset({"Confidence", "Topicality", "NSFW", "NSFWUpload", "NSFWIndex"})
+DAEMON_KEYS = frozenset(
+    {
+        "Originals", "Write", "SidecarName", "StateDir", "Parallel", "Timeout", "MaxLength", "MaxAnswerBytes",
+        "Settle", "Rescan", "Watcher", "Listen", "Retry",
+    }
+)
+RETRY_KEYS = frozenset({"Attempts", "Delay", "MaxDelay", "Total"})
+TOP_KEYS = frozenset({"Models", "Thresholds", "Daemon"})
+
+
+@dataclass(frozen=True)
+class Service:
+    """Where and how a model is reached."""
+
+    uri: str
+    method: str = "POST"
+    key: str = ""
+    file_scheme: str = "base64"
+    request_format: str = "ollama"
+    response_format: str = "ollama"
+    think: str = "false"
+    stream: bool = True
+
+    def redacted_uri(self) -> str:
+        """Return the Uri with any password or token in it replaced by ***."""
+        return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", self.uri)
+
+    def base_url(self) -> str:
+        """Return scheme://host:port of the Uri (where /api/show and friends live)."""
+        match = re.match(r"^(https?://[^/]+)", self.uri)
+        return match.group(1) if match else self.uri
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One entry of `Models:`, with every default filled in."""
+
+    index: int
+    type: str
+    name: str = DEFAULT_MODEL
+    version: str = ""
+    engine: str = "ollama"
+    run: str = "auto"
+    prompt: str = DEFAULT_CAPTION_PROMPT
+    system: str = ""
+    format: str = ""
+    normalize: str = ""
+    resolution: int = 720
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    service: Service = field(default_factory=lambda: Service(uri=f"{DEFAULT_OLLAMA_BASE_URL}/api/generate"))
+    default: bool = False
+    disabled: bool = False
+
+    @property
+    def model_id(self) -> str:
+        """Return the model name as sent to the server (name:version when a Version is set)."""
+        if self.version and ":" not in self.name:
+            return f"{self.name}:{self.version}"
+        return self.name
+
+    @property
+    def usable(self) -> bool:
+        """Return whether captiond can run this model itself (a remote engine it speaks)."""
+        return self.service.request_format in REMOTE_ENGINES
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """PhotoPrism's label thresholds in percent."""
+
+    confidence: int = 20
+    topicality: int = 0
+    nsfw: int = 75
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient model failures are retried within one request."""
+
+    attempts: int = 4
+    delay: float = 1.0
+    max_delay: float = 30.0
+    total: float = 300.0
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """captiond's own settings (`Daemon:`), ignored by PhotoPrism."""
+
+    originals: Path | None = None
+    write: str = "sidecar"
+    sidecar_name: str = "ext"
+    state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
+    parallel: int = 1
+    timeout: float = 120.0
+    max_length: int = 500
+    max_answer_bytes: int = 1_000_000
+    settle: float = 3.0
+    rescan: float = 3600.0
+    watcher: str = "auto"
+    listen: str = ""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole effective configuration."""
+
+    models: tuple[ModelConfig, ...]
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    path: Path | None = None
+    warnings: tuple[str, ...] = ()
+
+    def model(self, model_type: str) -> ModelConfig | None:
+        """Return the effective model of a type: the last enabled entry, as in PhotoPrism."""
+        for model in reversed(self.models):
+            if model.type == model_type and not model.disabled:
+                return model
+        return None
+
+    def with_daemon(self, **changes: Any) -> Config:
+        """Return a copy with some Daemon settings replaced (command-line flags win over the file)."""
+        changes = {key: value for key, value in changes.items() if value is not None}
+        return dataclasses.replace(self, daemon=dataclasses.replace(self.daemon, **changes))
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """Return systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME/captiond, else ~/.local/state/captiond."""
+    if environ.get("STATE_DIRECTORY"):
+        return Path(environ["STATE_DIRECTORY"].split(":")[0])
+    if environ.get("XDG_STATE_HOME"):
+        return Path(environ["XDG_STATE_HOME"]) / "captiond"
+    return Path(environ.get("HOME", "/var/lib")) / ".local" / "state" / "captiond"
+
+
+def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
+    """Return the config file to read: --config, $CAPTIOND_CONFIG, ./vision.yml, or None for defaults."""
+    if explicit:
+        return Path(explicit)
+    if environ.get("CAPTIOND_CONFIG"):
+        return Path(environ["CAPTIOND_CONFIG"])
+    candidates = [Path("vision.yml")]
+    if environ.get("XDG_CONFIG_HOME"):
+        candidates.append(Path(environ["XDG_CONFIG_HOME"]) / "captiond" / "vision.yml")
+    candidates.append(Path("/etc/captiond/vision.yml"))
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a vision.yml (None: all defaults); raise ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    if path is None:
+        return parse_config({}, environ, None)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"cannot read: {exc}"], str(path)) from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}not valid YAML: {problem}"], str(path)) from exc
+    return parse_config(document if document is not None else {}, environ, path)
+
+
+def parse_config(document: Any, environ: Mapping[str, str], path: Path | None) -> Config:
+    """Validate a parsed YAML document into a Config; raise ConfigError listing every problem."""
+    reader = _Reader(environ)
+    if not isinstance(document, dict):
+        raise ConfigError([f"expected a mapping at the top, got {_kind(document)}"], str(path or "vision.yml"))
+    reader.check_keys(document, TOP_KEYS, "")
+    models = reader.models(document.get("Models"))
+    thresholds = reader.thresholds(document.get("Thresholds"))
+    daemon = reader.daemon(document.get("Daemon"))
+    if reader.problems:
+        raise ConfigError(reader.problems, str(path or "vision.yml"))
+    if not any(model.type == "caption" and not model.disabled for model in models):
+        models = (*models, reader.model({}, len(models), implied_type="caption"))
+    return Config(models, thresholds, daemon, path, tuple(reader.warnings))
+
+
+def expand_variables(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
+    """Expand ${VAR} and ${VAR:-default}; return the text and the names of unset variables."""
+    missing: list[str] = []
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(3)
+        if environ.get(name):
+            return environ[name]
+        if default is not None:
+            return default
+        missing.append(name)
+        return ""
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}", substitute, text), missing
+
+
+def parse_duration(value: Any) -> float | None:
+    """Return seconds from a number or a string like '90', '5s', '30m', '1h', '1h30m'; None if invalid."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", value.strip())
+    if not parts or re.sub(r"[\d.\s]|ms|[smhd]", "", value.strip()):
+        return None
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "": 1.0}
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def _kind(value: Any) -> str:
+    """Return a short description of a YAML value for error messages."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return {"dict": "a mapping", "list": "a list"}.get(type(value).__name__, type(value).__name__)
+
+
+class _Reader:
+    """Walks the document, reads typed values and collects problems and warnings with their locations."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+    def check_keys(self, mapping: Mapping[str, Any], known: frozenset[str], where: str) -> None:
+        for key in mapping:
+            if key not in known:
+                location = f"{where}.{key}" if where else str(key)
+                self.warnings.append(f"{location}: unknown key, ignored")
+
+    def mapping(self, value: Any, where: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(where, f"expected a mapping, got {_kind(value)}")
+            return {}
+        return value
+
+    def string(self, mapping: Mapping[str, Any], key: str, where: str, default: str) -> str:
+        value = mapping.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            self.problem(f"{where}.{key}", f"expected text, got {_kind(value)}")
+            return default
+        text, missing = expand_variables(str(value), self.environ)
+        for name in missing:
+            self.warnings.append(f"{where}.{key}: environment variable {name} is not set")
+        return text
+
+    def choice(self, mapping: Mapping[str, Any], key: str, where: str, default: str, allowed: tuple[str, ...]) -> str:
+        text = self.string(mapping, key, where, default).strip().lower()
+        if text not in allowed:
+            self.problem(f"{where}.{key}", f"expected one of {', '.join(allowed)}, got {_kind(mapping.get(key))}")
+            return default
+        return text
+
+    def boolean(self, mapping: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+        value = mapping.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no"):
+            return value.strip().lower() in ("true", "yes")
+        self.problem(f"{where}.{key}", f"expected true or false, got {_kind(value)}")
+        return default
+
+    def positive_int(self, mapping: Mapping[str, Any], key: str, where: str, default: int) -> int:
+        value = mapping.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            self.problem(f"{where}.{key}", f"expected a positive integer, got {_kind(value)}")
+            return default
+        return value
+
+    def percent(self, mapping: Mapping[str, Any], key: str, where: str, default: int) -> int:
+        value = mapping.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+            self.problem(f"{where}.{key}", f"expected a percentage from 0 to 100, got {_kind(value)}")
+            return default
+        return int(value)
+
+    def duration(self, mapping: Mapping[str, Any], key: str, where: str, default: float) -> float:
+        value = mapping.get(key)
+        if value is None:
+            return default
+        seconds = parse_duration(value)
+        if seconds is None:
+            self.problem(f"{where}.{key}", f"expected a duration such as 30, 5s, 10m or 1h, got {_kind(value)}")
+            return default
+        return seconds
+
+    def models(self, value: Any) -> tuple[ModelConfig, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.problem("Models", f"expected a list of models, got {_kind(value)}")
+            return ()
+        return tuple(self.model(entry, index) for index, entry in enumerate(value))
+
+    def model(self, entry: Any, index: int, implied_type: str | None = None) -> ModelConfig:
+        where = f"Models[{index}]"
+        entry = self.mapping(entry, where)
+        self.check_keys(entry, MODEL_KEYS, where)
+        model_type = implied_type or self.choice(entry, "Type", where, "caption", MODEL_TYPES)
+        if implied_type is None and "Type" not in entry:
+            self.problem(f"{where}.Type", f"required, one of {', '.join(MODEL_TYPES)}")
+        engine = self.string(entry, "Engine", where, "").strip().lower()
+        service = self.service(entry.get("Service"), f"{where}.Service", engine, model_type)
+        if not engine:
+            engine = service.request_format
+        name = self.string(entry, "Model", where, "") or self.string(entry, "Name", where, "")
+        service_model = self.string(self.mapping(entry.get("Service"), f"{where}.Service"), "Model", where, "")
+        name = service_model or name or self.environ.get("OLLAMA_MODEL", "") or DEFAULT_MODEL
+        options = self.options(entry.get("Options"), f"{where}.Options", model_type)
+        return ModelConfig(
+            index=index,
+            type=model_type,
+            name=name,
+            version=self.string(entry, "Version", where, ""),
+            engine=engine,
+            run=self.string(entry, "Run", where, "auto"),
+            prompt=self.string(entry, "Prompt", where, DEFAULT_CAPTION_PROMPT if model_type == "caption" else ""),
+            system=self.string(entry, "System", where, ""),
+            format=self.string(entry, "Format", where, ""),
+            normalize=self.string(entry, "Normalize", where, ""),
+            resolution=self.positive_int(entry, "Resolution", where, 720),
+            options=options,
+            service=service,
+            default=self.boolean(entry, "Default", where, False),
+            disabled=self.boolean(entry, "Disabled", where, False),
+        )
+
+    def service(self, value: Any, where: str, engine: str, model_type: str) -> Service:
+        mapping = self.mapping(value, where)
+        self.check_keys(mapping, SERVICE_KEYS, where)
+        uri = self.string(mapping, "Uri", where, "").strip()
+        inferred = "openai" if engine == "openai" or uri.rstrip("/").endswith("/v1/chat/completions") else "ollama"
+        request_format = self.choice(mapping, "RequestFormat", where, inferred, ("ollama", "openai", "vision"))
+        if request_format == "vision":
+            request_format = inferred
+        response_format = self.choice(mapping, "ResponseFormat", where, request_format, ("ollama", "openai", "vision"))
+        if not uri:
+            if request_format == "openai" and model_type in CAPTIOND_TYPES and engine in REMOTE_ENGINES:
+                self.problem(f"{where}.Uri", "required for an OpenAI-compatible server, "
+                             "e.g. http://localhost:8080/v1/chat/completions")
+            base = (self.environ.get("OLLAMA_BASE_URL") or DEFAULT_OLLAMA_BASE_URL).rstrip("/")
+            uri = f"{base}/api/generate"
+        elif not re.match(r"^https?://[^/\s]+", uri):
+            self.problem(f"{where}.Uri", f"expected an http:// or https:// address, got {_kind(uri)}")
+        scheme_default = "data" if request_format == "openai" else "base64"
+        file_scheme = self.choice(mapping, "FileScheme", where, scheme_default, ("base64", "data"))
+        if file_scheme != scheme_default:
+            self.problem(f"{where}.FileScheme", f"{request_format} servers take {scheme_default} images, "
+                         f"got {file_scheme}")
+        key_default = self.environ.get("OPENAI_API_KEY" if request_format == "openai" else "OLLAMA_API_KEY", "")
+        think = mapping.get("Think", "false")
+        think_text = str(think).lower() if isinstance(think, bool | str) else "false"
+        if think_text not in ("true", "false", "low", "medium", "high"):
+            self.problem(f"{where}.Think", f"expected true, false, low, medium or high, got {_kind(think)}")
+        return Service(
+            uri=uri,
+            method=self.choice(mapping, "Method", where, "post", ("post",)).upper(),
+            key=self.string(mapping, "Key", where, key_default),
+            file_scheme=file_scheme,
+            request_format=request_format,
+            response_format=response_format,
+            think=think_text,
+            stream=self.boolean(mapping, "Stream", where, True),
+        )
+
+    def options(self, value: Any, where: str, model_type: str) -> Mapping[str, Any]:
+        mapping = self.mapping(value, where)
+        options: dict[str, Any] = {"temperature": DEFAULT_TEMPERATURE, "num_predict": DEFAULT_NUM_PREDICT}
+        if model_type == "labels":
+            options["top_p"] = 0.9
+        for key, option_value in mapping.items():
+            if key in IGNORED_OPTIONS:
+                continue
+            if key not in OPTION_NAMES:
+                self.warnings.append(f"{where}.{key}: unknown option, ignored")
+                continue
+            if key == "Stop":
+                if isinstance(option_value, str):
+                    option_value = [option_value]
+                if not isinstance(option_value, list) or not all(isinstance(item, str) for item in option_value):
+                    self.problem(f"{where}.Stop", f"expected a list of texts, got {_kind(option_value)}")
+                    continue
+            elif key in BOOLEAN_OPTIONS and not isinstance(option_value, bool):
+                self.problem(f"{where}.{key}", f"expected true or false, got {_kind(option_value)}")
+                continue
+            elif key not in BOOLEAN_OPTIONS and (
+                isinstance(option_value, bool) or not isinstance(option_value, int | float)
+            ):
+                self.problem(f"{where}.{key}", f"expected a number, got {_kind(option_value)}")
+                continue
+            if key in ("NumPredict", "NumCtx", "MaxOutputTokens") and option_value <= 0:
+                self.problem(f"{where}.{key}", f"expected a positive integer, got {_kind(option_value)}")
+                continue
+            options[OPTION_NAMES[key]] = option_value
+        if "max_output_tokens" in options:
+            options["num_predict"] = options.pop("max_output_tokens")
+        return MappingProxyType(options)
+
+    def thresholds(self, value: Any) -> Thresholds:
+        mapping = self.mapping(value, "Thresholds")
+        self.check_keys(mapping, THRESHOLD_KEYS, "Thresholds")
+        return Thresholds(
+            confidence=self.percent(mapping, "Confidence", "Thresholds", 20),
+            topicality=self.percent(mapping, "Topicality", "Thresholds", 0),
+            nsfw=self.percent(mapping, "NSFW", "Thresholds", 75),
+        )
+
+    def daemon(self, value: Any) -> DaemonConfig:
+        where = "Daemon"
+        mapping = self.mapping(value, where)
+        self.check_keys(mapping, DAEMON_KEYS, where)
+        originals = self.string(mapping, "Originals", where, self.environ.get("PHOTOPRISM_ORIGINALS_PATH", ""))
+        state_dir = self.string(mapping, "StateDir", where, "")
+        retry = self.mapping(mapping.get("Retry"), f"{where}.Retry")
+        self.check_keys(retry, RETRY_KEYS, f"{where}.Retry")
+        defaults = RetryPolicy()
+        return DaemonConfig(
+            originals=Path(originals).expanduser() if originals else None,
+            write=self.choice(mapping, "Write", where, "sidecar", WRITE_MODES),
+            sidecar_name=self.choice(mapping, "SidecarName", where, "ext", SIDECAR_NAMES),
+            state_dir=Path(state_dir).expanduser() if state_dir else default_state_dir(self.environ),
+            parallel=self.positive_int(mapping, "Parallel", where, 1),
+            timeout=self.duration(mapping, "Timeout", where, 120.0) or 120.0,
+            max_length=self.positive_int(mapping, "MaxLength", where, 500),
+            max_answer_bytes=self.positive_int(mapping, "MaxAnswerBytes", where, 1_000_000),
+            settle=self.duration(mapping, "Settle", where, 3.0),
+            rescan=self.duration(mapping, "Rescan", where, 3600.0),
+            watcher=self.choice(mapping, "Watcher", where, "auto", WATCHERS),
+            listen=self.string(mapping, "Listen", where, ""),
+            retry=RetryPolicy(
+                attempts=self.positive_int(retry, "Attempts", f"{where}.Retry", defaults.attempts),
+                delay=self.duration(retry, "Delay", f"{where}.Retry", defaults.delay),
+                max_delay=self.duration(retry, "MaxDelay", f"{where}.Retry", defaults.max_delay),
+                total=self.duration(retry, "Total", f"{where}.Retry", defaults.total),
+            ),
+        )

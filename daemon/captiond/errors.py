@@ -1,0 +1,127 @@
+"""The one exception tree of captiond.
+
+Every failure that crosses a module boundary is one of these; lower libraries'
+exceptions (httpx, PIL, exiftool, sqlite3, yaml) are translated where they are
+raised (``raise OurError(...) from exc``) and never leak.
+
+    CaptiondError                      exit 1 unless stated
+    ├── ConfigError                    exit 2: vision.yml or a flag is wrong (lists every problem)
+    ├── UsageError                     exit 2: the command line is wrong
+    ├── ExiftoolError                  exit 2: exiftool is missing or died and cannot be restarted
+    ├── StateError                     exit 2: the state database cannot be opened or written
+    ├── ModelSetupError                exit 3: stops the run; the model cannot be used at all
+    │   ├── ServerUnreachable          nobody answers at the Uri (after retries)
+    │   ├── ModelNotFound              the server does not have the model (`ollama pull` it)
+    │   └── ModelCannotSee             the model has no vision capability
+    └── FileError                      one file failed; the run goes on.  ``transient``
+        ├── ImageError                 cannot be decoded: truncated, corrupt, a bomb, not an image
+        ├── MetadataError              exiftool could not read or write this file's metadata
+        └── ModelError                 the model failed on this image
+            ├── TransientModelError    5xx, 429, timeouts, dropped connections, cut streams
+            └── AnswerError            4xx, or the answer holds no usable caption
+
+``FileError.transient`` says whether trying the same file again later may work:
+transient failures are retried and never recorded as done.
+"""
+
+from __future__ import annotations
+
+
+class CaptiondError(Exception):
+    """Base of every error captiond raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(CaptiondError):
+    """vision.yml (or a flag that overrides it) is invalid; holds every problem found."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str], source: str = "vision.yml") -> None:
+        self.problems = list(problems)
+        self.source = source
+        lines = "\n".join(f"  {problem}" for problem in self.problems)
+        super().__init__(f"{source} has {len(self.problems)} problem(s):\n{lines}")
+
+
+class UsageError(CaptiondError):
+    """The command line asks for something impossible."""
+
+    exit_code = 2
+
+
+class ExiftoolError(CaptiondError):
+    """exiftool is not installed or cannot be started."""
+
+    exit_code = 2
+
+
+class StateError(CaptiondError):
+    """The state database cannot be opened or written."""
+
+    exit_code = 2
+
+
+class ModelSetupError(CaptiondError):
+    """The model cannot be used at all: the run stops instead of failing every file."""
+
+    exit_code = 3
+
+
+class ServerUnreachable(ModelSetupError):
+    """Nothing answers at the model server's address."""
+
+
+class ModelNotFound(ModelSetupError):
+    """The server answers but does not have the model."""
+
+
+class ModelCannotSee(ModelSetupError):
+    """The model exists but cannot take images."""
+
+
+class FileError(CaptiondError):
+    """One file could not be captioned; names the file and the reason."""
+
+    transient = False
+
+    def __init__(self, reason: str, path: str | None = None, transient: bool | None = None) -> None:
+        self.reason = reason
+        self.path = path
+        if transient is not None:
+            self.transient = transient
+        super().__init__(f"{path}: {reason}" if path else reason)
+
+    def for_file(self, path: str) -> FileError:
+        """Return this error with the file's path attached (keeps the type and the cause)."""
+        if self.path is None:
+            self.path = path
+            self.args = (f"{path}: {self.reason}",)
+        return self
+
+
+class ImageError(FileError):
+    """The file cannot be decoded as an image."""
+
+
+class MetadataError(FileError):
+    """exiftool could not read or write this file's metadata."""
+
+
+class ModelError(FileError):
+    """The model server failed on this image."""
+
+
+class TransientModelError(ModelError):
+    """A failure that may pass: try again later, never record as done."""
+
+    transient = True
+
+    def __init__(self, reason: str, path: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason, path)
+        self.retry_after = retry_after
+
+
+class AnswerError(ModelError):
+    """The server refused this image (4xx) or answered nothing usable."""

@@ -1,0 +1,111 @@
+"""Find the photos of a library: walk the originals folder and apply the command line's filter."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+from .imaging import is_supported
+from .metadata import TEMPORARY_PREFIX, remove_stale_temporaries
+
+log = logging.getLogger(__name__)
+
+# Names of files still being written by uploaders, copiers and editors.
+TEMPORARY_PATTERNS = ("*.part", "*.partial", "*.tmp", "*.crdownload", "*~", "*_exiftool_tmp", "*_original",
+                      ".syncthing.*", ".~*", f"{TEMPORARY_PREFIX}*")
+
+
+@dataclass(frozen=True)
+class FilterTerm:
+    """One FILTER word: `path:DIR_OR_GLOB`, `name:GLOB`, or a bare path or glob relative to the originals."""
+
+    kind: str
+    pattern: str
+
+    def matches(self, relative: str, name: str) -> bool:
+        """Return whether a file (its path relative to the originals, and its name) matches this term."""
+        if self.kind == "name":
+            return fnmatch.fnmatch(name, self.pattern) or fnmatch.fnmatch(name.lower(), self.pattern.lower())
+        pattern = self.pattern.strip("/")
+        if any(character in pattern for character in "*?["):
+            return fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(relative, f"{pattern}/*")
+        return relative == pattern or relative.startswith(f"{pattern}/")
+
+
+def parse_filter(words: Sequence[str], originals: Path) -> tuple[FilterTerm, ...]:
+    """Return the filter terms of the command line; absolute paths must lie inside the originals."""
+    terms = []
+    for word in words:
+        kind, _, pattern = word.partition(":") if word.startswith(("path:", "name:")) else ("path", "", word)
+        if not pattern:
+            raise UsageError(f"empty filter term: {word!r}")
+        if kind == "path" and os.path.isabs(pattern):
+            try:
+                pattern = Path(pattern).resolve().relative_to(originals.resolve()).as_posix()
+            except ValueError as exc:
+                raise UsageError(f"{word} is not inside the originals folder {originals}") from exc
+            pattern = "" if pattern == "." else pattern
+            if not pattern:
+                continue
+        terms.append(FilterTerm(kind, pattern))
+    return tuple(terms)
+
+
+def is_temporary(name: str) -> bool:
+    """Return whether a file name belongs to a file still being written (or to our own temporary files)."""
+    return any(fnmatch.fnmatch(name, pattern) for pattern in TEMPORARY_PATTERNS) or _rsync_temporary(name)
+
+
+def _rsync_temporary(name: str) -> bool:
+    # rsync writes ".NAME.XXXXXX" (six random characters) before renaming to NAME.
+    return name.startswith(".") and len(name) > 8 and name[-7] == "." and name[-6:].isalnum()
+
+
+def is_candidate(name: str) -> bool:
+    """Return whether a file name is a photo captiond should look at."""
+    return not name.startswith(".") and not is_temporary(name) and is_supported(Path(name))
+
+
+def scan(originals: Path, terms: Sequence[FilterTerm] = ()) -> Iterator[Path]:
+    """Yield every photo under the originals folder that matches the filter, in a stable order.
+
+    Hidden files and folders are skipped, and symlinks are never followed (they may point outside the
+    library or form loops). Our own temporary files left by an interrupted write are removed on the way.
+    """
+    if not originals.is_dir():
+        raise UsageError(f"originals folder not found: {originals}")
+    stack = [originals]
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as iterator:
+                entries = sorted(iterator, key=lambda entry: entry.name)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", directory, exc.strerror or exc)
+            continue
+        remove_stale_temporaries(directory, [entry.name for entry in entries
+                                             if entry.name.startswith(TEMPORARY_PREFIX)])
+        subdirectories = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_symlink():
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    subdirectories.append(Path(entry.path))
+                    continue
+            except OSError:
+                continue
+            if not is_candidate(entry.name):
+                continue
+            path = Path(entry.path)
+            relative = path.relative_to(originals).as_posix()
+            if not terms or any(term.matches(relative, entry.name) for term in terms):
+                yield path
+        stack.extend(reversed(subdirectories))

@@ -1,0 +1,399 @@
+"""The only code that starts exiftool: read a file's caption and provenance, plan the tag changes, apply them.
+
+One long-lived `exiftool -stay_open` process (pyexiftool) answers every read and write. In that
+mode every line is one argument, so nothing that could hold a line break ever reaches it raw:
+values are made single-line by `plan_caption` and checked again in `Exiftool.run`, and file
+names travel as absolute byte strings (a name with a line break goes through a private symlink).
+
+Writes never use `-overwrite_original`: exiftool writes a complete new file (`-o`) beside the
+target under a temporary name of ours, which we fsync and rename over the target in one step.
+A crash leaves at worst that temporary file, which `remove_stale_temporaries` deletes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+import exiftool  # pyexiftool
+from exiftool.exceptions import ExifToolException
+
+from .errors import ExiftoolError, MetadataError
+from .imaging import RAW_EXTENSIONS
+from .sources import CurrentCaption, caption_hash, is_boilerplate
+
+log = logging.getLogger(__name__)
+
+TEMPORARY_PREFIX = ".captiond-tmp-"
+SIDECAR_SUFFIXES = (".xmp", ".XMP")
+# Formats exiftool writes in place reliably; everything else (RAW, GIF, BMP) gets a sidecar.
+EMBEDDED_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".tif", ".tiff", ".png", ".webp", ".heic", ".heif",
+                                 ".hif", ".avif"})
+PREVIEW_TAGS = ("JpgFromRaw", "PreviewImage", "OtherImage", "ThumbnailImage")
+READ_TAGS = (
+    "-XMP-dc:Description", "-IFD0:ImageDescription", "-IPTC:all", "-Photoshop:IPTCDigest",
+    "-XMP-tiff:ImageDescription", "-XMP-captiond:all", "-IFD0:Orientation", "-File:FileType",
+    *(f"-{tag}" for tag in PREVIEW_TAGS),
+)
+IPTC_CAPTION_BYTES = 2000
+_BINARY_SIZE = re.compile(r"Binary data (\d+) bytes")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who wrote a caption: recorded next to it in the XMP-captiond namespace."""
+
+    source: str
+    model: str
+    time: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+@dataclass(frozen=True)
+class FileMetadata:
+    """What exiftool read from an original and its sidecar."""
+
+    path: Path
+    sidecar: Path
+    sidecar_exists: bool
+    original: Mapping[str, str]
+    sidecar_tags: Mapping[str, str]
+
+    @property
+    def orientation(self) -> int | None:
+        """Return the EXIF orientation (1-8) of the original, if any."""
+        value = self.original.get("IFD0:Orientation", "")
+        return int(value) if value.isdigit() else None
+
+    @property
+    def has_iptc(self) -> bool:
+        """Return whether the original already carries IPTC IIM data."""
+        return any(key.startswith("IPTC:") for key in self.original)
+
+    def preview_sizes(self) -> dict[str, int]:
+        """Return the embedded preview images of a RAW file and their sizes in bytes."""
+        sizes = {}
+        for tag in PREVIEW_TAGS:
+            for key, value in self.original.items():
+                if key.endswith(f":{tag}") and (match := _BINARY_SIZE.search(value)):
+                    sizes[key] = int(match.group(1))
+        return sizes
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    """The tag changes for one file: where they go and the new values (only the ones that change)."""
+
+    target: Path
+    embedded: bool
+    tags: Mapping[str, str]
+
+    @property
+    def empty(self) -> bool:
+        """Return whether there is nothing to write."""
+        return not self.tags
+
+
+def sidecar_path(path: Path, naming: str) -> tuple[Path, bool]:
+    """Return the sidecar to use for an original and whether it exists.
+
+    An existing `<name>.<ext>.xmp` or `<name>.xmp` (any case of .xmp) is updated; otherwise a new one is
+    named `<name>.<ext>.xmp` (naming "ext") or `<name>.xmp` (naming "base").
+    """
+    candidates = [path.with_name(path.name + suffix) for suffix in SIDECAR_SUFFIXES]
+    candidates += [path.with_suffix(suffix) for suffix in SIDECAR_SUFFIXES]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate, True
+    return (path.with_suffix(".xmp") if naming == "base" else path.with_name(path.name + ".xmp")), False
+
+
+def writes_embedded(path: Path, mode: str) -> bool:
+    """Return whether a caption for this file goes into the file itself (never for RAW)."""
+    suffix = path.suffix.lower()
+    return mode == "embedded" and suffix in EMBEDDED_EXTENSIONS and suffix not in RAW_EXTENSIONS
+
+
+def current_caption(metadata: FileMetadata) -> CurrentCaption:
+    """Return the caption readers see now: the sidecar's if it has one, else the embedded one (MWG order)."""
+    sidecar_text = metadata.sidecar_tags.get("XMP-dc:Description", "") or metadata.sidecar_tags.get(
+        "XMP-tiff:ImageDescription", "")
+    if not is_boilerplate(sidecar_text):
+        return CurrentCaption(sidecar_text, "sidecar", metadata.sidecar_tags.get("XMP-captiond:CaptionSource", ""),
+                              metadata.sidecar_tags.get("XMP-captiond:CaptionHash", ""))
+    for tag in ("XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract"):
+        text = metadata.original.get(tag, "")
+        if not is_boilerplate(text):
+            return CurrentCaption(text, "embedded", metadata.original.get("XMP-captiond:CaptionSource", ""),
+                                  metadata.original.get("XMP-captiond:CaptionHash", ""))
+    boilerplate = sidecar_text or next((metadata.original.get(tag, "") for tag in
+                                        ("XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract")
+                                        if metadata.original.get(tag)), "")
+    return CurrentCaption(boilerplate, "embedded")
+
+
+def inert(value: str) -> str:
+    """Return a value that cannot break out of its argument line: control characters become spaces."""
+    return "".join(" " if ord(character) < 32 or ord(character) == 127 else character for character in value).strip()
+
+
+def truncate_bytes(text: str, limit: int) -> str:
+    """Return text cut to at most `limit` UTF-8 bytes at a character boundary."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= limit:
+        return text
+    return encoded[:limit].decode("utf-8", errors="ignore").rstrip()
+
+
+def plan_caption(metadata: FileMetadata, caption: str, provenance: Provenance, embedded: bool) -> WritePlan:
+    """Return the tag changes that write `caption` with its provenance (a pure function).
+
+    Sidecar: XMP-dc:Description and XMP-tiff:ImageDescription (Immich reads the latter).
+    Embedded: XMP-dc:Description, EXIF ImageDescription, and IPTC Caption-Abstract only where the file
+    already has IPTC (as UTF-8, digest updated). Values that are already in place are left out; when
+    the caption and its provenance are all in place the plan is empty.
+    """
+    caption = inert(caption)
+    wanted: dict[str, str] = {"XMP-dc:Description": caption}
+    current = metadata.original if embedded else metadata.sidecar_tags
+    if embedded:
+        wanted["IFD0:ImageDescription"] = caption
+        if metadata.has_iptc:
+            wanted["IPTC:Caption-Abstract"] = truncate_bytes(caption, IPTC_CAPTION_BYTES)
+            if not caption.isascii():
+                wanted["IPTC:CodedCharacterSet"] = "UTF8"
+    else:
+        wanted["XMP-tiff:ImageDescription"] = caption
+    wanted["XMP-captiond:CaptionSource"] = inert(provenance.source)
+    wanted["XMP-captiond:CaptionModel"] = inert(provenance.model)
+    wanted["XMP-captiond:CaptionHash"] = caption_hash(caption)
+    changes = {tag: value for tag, value in wanted.items() if current.get(tag) != value}
+    if not changes:
+        return WritePlan(metadata.path if embedded else metadata.sidecar, embedded, {})
+    changes["XMP-captiond:CaptionTime"] = provenance.time
+    if embedded and any(tag.startswith("IPTC:") for tag in changes) and "Photoshop:IPTCDigest" in metadata.original:
+        changes["Photoshop:IPTCDigest"] = "new"
+    return WritePlan(metadata.path if embedded else metadata.sidecar, embedded, changes)
+
+
+class Exiftool:
+    """One long-lived exiftool process, shared by all threads (calls are serialised)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: exiftool.ExifTool | None = None
+        self._links = tempfile.TemporaryDirectory(prefix="captiond-links-")
+
+    def __enter__(self) -> Exiftool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the exiftool process (waits for the current command)."""
+        with self._lock:
+            if self._process is not None and self._process.running:
+                with contextlib.suppress(Exception):
+                    self._process.terminate()
+            self._process = None
+        self._links.cleanup()
+
+    def _start(self) -> exiftool.ExifTool:
+        executable = shutil.which("exiftool")
+        if executable is None:
+            raise ExiftoolError("exiftool is not installed (Debian/Ubuntu: apt-get install libimage-exiftool-perl)")
+        config = resources.files("captiond") / "exiftool.config"
+        process = exiftool.ExifTool(executable=executable, common_args=["-G1", "-n"],
+                                    config_file=str(config), encoding="utf-8")
+        try:
+            process.run()
+        except (ExifToolException, OSError) as exc:
+            raise ExiftoolError(f"cannot start exiftool: {exc}") from exc
+        return process
+
+    def run(self, *arguments: str | bytes, raw: bool = False) -> tuple[int, str | bytes, str]:
+        """Run one exiftool command; return (status, stdout, stderr). Refuses any argument holding a line break."""
+        for argument in arguments:
+            text = argument if isinstance(argument, bytes) else argument.encode("utf-8", "surrogateescape")
+            if b"\n" in text or b"\r" in text or b"\0" in text:
+                raise ValueError(f"refusing an exiftool argument with a line break: {argument!r}")
+        with self._lock:
+            for attempt in (1, 2):
+                if self._process is None or not self._process.running:
+                    self._process = self._start()
+                try:
+                    output = self._process.execute(*arguments, raw_bytes=raw)
+                    return self._process.last_status or 0, output, self._process.last_stderr or ""
+                except (ExifToolException, OSError, BrokenPipeError) as exc:
+                    log.warning("exiftool failed (%s); restarting it", exc)
+                    with contextlib.suppress(Exception):
+                        self._process.terminate()
+                    self._process = None
+                    if attempt == 2:
+                        raise ExiftoolError(f"exiftool stopped working: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _argument_path(self, path: Path) -> Iterator[bytes]:
+        """Yield an absolute path exiftool can take as one argument (a symlink for names with line breaks)."""
+        raw = os.fsencode(path.absolute())
+        if b"\n" not in raw and b"\r" not in raw:
+            yield raw
+            return
+        link = Path(self._links.name) / f"{secrets.token_hex(8)}{path.suffix}"
+        os.symlink(path.absolute(), link)
+        try:
+            yield os.fsencode(link)
+        finally:
+            link.unlink(missing_ok=True)
+
+    def read(self, path: Path, sidecar_naming: str = "ext") -> FileMetadata:
+        """Return the caption-related tags of an original and of its sidecar, in one exiftool call."""
+        sidecar, sidecar_exists = sidecar_path(path, sidecar_naming)
+        with contextlib.ExitStack() as stack:
+            files = [stack.enter_context(self._argument_path(path))]
+            if sidecar_exists:
+                files.append(stack.enter_context(self._argument_path(sidecar)))
+            _, output, stderr = self.run("-j", *READ_TAGS, *files)
+        try:
+            records = json.loads(output or "[]")
+        except json.JSONDecodeError as exc:
+            raise MetadataError(f"exiftool gave no readable answer: {stderr.strip()[:200]}", str(path)) from exc
+        if not records:
+            raise MetadataError(f"exiftool cannot read the file: {_first_line(stderr)}", str(path))
+        original = _flatten(records[0])
+        if "ExifTool:Error" in original:
+            raise MetadataError(f"exiftool cannot read the file: {original['ExifTool:Error']}", str(path))
+        sidecar_tags = _flatten(records[1]) if len(records) > 1 else {}
+        return FileMetadata(path, sidecar, sidecar_exists, original, sidecar_tags)
+
+    def extract_preview(self, metadata: FileMetadata) -> bytes:
+        """Return the largest embedded preview image of a RAW file (empty if it has none)."""
+        sizes = metadata.preview_sizes()
+        if not sizes:
+            return b""
+        tag = max(sizes, key=lambda key: sizes[key])
+        with self._argument_path(metadata.path) as argument:
+            _, output, _ = self.run("-b", f"-{tag}", argument, raw=True)
+        assert isinstance(output, bytes)
+        return output
+
+    def apply(self, plan: WritePlan, source: Path) -> None:
+        """Write a plan: exiftool writes a new file under a temporary name, which replaces the target atomically.
+
+        `source` is the file the new one is made from: the original (embedded), the existing sidecar,
+        or nothing yet (a new sidecar, when it does not exist).
+        """
+        if plan.empty:
+            return
+        directory = plan.target.parent
+        temporary = directory / f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{plan.target.suffix.lower()}"
+        assignments = [f"-{tag}={inert(value)}" for tag, value in plan.tags.items()]
+        before = _stat_or_none(source)
+        try:
+            with self._argument_path(source) as source_argument:
+                command: list[str | bytes] = [*assignments, os.fsencode(temporary)]
+                if before is not None:
+                    command = ["-o", os.fsencode(temporary), *assignments, source_argument]
+                status, output, stderr = self.run(*command)
+            if status != 0 or not temporary.exists():
+                raise MetadataError(f"exiftool could not write: {_first_line(stderr) or _text(output)}", str(plan.target))
+            if before is not None and _stat_or_none(source) != before:
+                raise MetadataError("the file changed while its metadata was written; will try again",
+                                    str(plan.target), transient=True)
+            if before is not None and plan.embedded:
+                _copy_ownership(source, temporary)
+            _fsync(temporary)
+            os.replace(temporary, plan.target)
+            _fsync_directory(directory)
+        except OSError as exc:
+            raise MetadataError(f"cannot write: {exc.strerror or exc}", str(plan.target)) from exc
+        finally:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+
+
+def remove_stale_temporaries(directory: Path, names: list[str]) -> None:
+    """Delete temporary files of ours left by a process that no longer runs."""
+    for name in names:
+        if not name.startswith(TEMPORARY_PREFIX):
+            continue
+        pid_text = name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and _process_alive(int(pid_text)):
+            continue
+        if pid_text.isdigit() and int(pid_text) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            (directory / name).unlink()
+            log.info("removed a temporary file left by an interrupted write: %s", directory / name)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _flatten(record: Mapping[str, object]) -> dict[str, str]:
+    """Return exiftool's JSON record with every value as text (lists joined by ', ')."""
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, list):
+            flat[key] = ", ".join(str(item) for item in value)
+        elif isinstance(value, dict):
+            flat[key] = json.dumps(value, ensure_ascii=False)
+        else:
+            flat[key] = str(value)
+    return flat
+
+
+def _text(output: str | bytes) -> str:
+    return output.decode("utf-8", "replace") if isinstance(output, bytes) else output
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _stat_or_none(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_size, status.st_mtime_ns
+
+
+def _copy_ownership(source: Path, destination: Path) -> None:
+    status = source.stat()
+    os.chmod(destination, status.st_mode & 0o7777)
+    with contextlib.suppress(PermissionError):
+        os.chown(destination, status.st_uid, status.st_gid)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        _fsync(directory)

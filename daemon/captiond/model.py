@@ -1,0 +1,381 @@
+"""The only code that speaks HTTP: ask an Ollama or OpenAI-compatible server to describe an image.
+
+httpx errors never leave this module: they become ServerUnreachable, TransientModelError,
+AnswerError or a ModelSetupError. Transient failures (connection refused or reset, timeouts,
+429, 5xx, a stream cut before its end) are retried here with exponential backoff and jitter,
+honouring Retry-After, bounded in attempts and in total time. Every request is bounded: the
+answer's length (num_predict / max_tokens), the whole request's duration (a deadline checked
+while reading, not only a per-read timeout) and the answer's size in bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+
+from .config import DaemonConfig, ModelConfig, RetryPolicy
+from .errors import (
+    AnswerError,
+    ModelCannotSee,
+    ModelNotFound,
+    ModelSetupError,
+    ServerUnreachable,
+    TransientModelError,
+)
+
+log = logging.getLogger(__name__)
+
+# Nobody answers at the address: after retries this stops a run instead of failing every file.
+_UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol, httpx.ProxyError)
+
+OPENAI_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop",
+                  "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+                  "num_predict": "max_tokens"}
+# Ollama answers these with HTTP 500 although no retry can help.
+PERMANENT_SERVER_ERRORS = ("requires more system memory", "unknown model architecture", "does not support")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the model said about one image."""
+
+    text: str
+    thinking: str = ""
+    done_reason: str = ""
+    seconds: float = 0.0
+
+    @property
+    def best_text(self) -> str:
+        """Return the answer text, or the thinking when the model put everything there."""
+        return self.text if self.text.strip() else self.thinking
+
+
+class _ConnectionFailed(TransientModelError):
+    """Nobody answered at the address (refused, reset before any answer, DNS, connect timeout)."""
+
+
+class ModelClient:
+    """Talks to one model server for one model; thread-safe, one connection pool."""
+
+    def __init__(self, model: ModelConfig, daemon: DaemonConfig) -> None:
+        self.model = model
+        self.retry = daemon.retry
+        self.deadline = daemon.timeout
+        self.max_answer_bytes = daemon.max_answer_bytes
+        headers: dict[str, str] = {"User-Agent": "captiond"}
+        if model.service.key:
+            headers["Authorization"] = f"Bearer {model.service.key}"
+        self._http = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(connect=10.0, read=daemon.timeout, write=30.0, pool=None),
+            limits=httpx.Limits(max_connections=max(4, daemon.parallel * 2), max_keepalive_connections=daemon.parallel),
+        )
+        self.openai = model.service.request_format == "openai"
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    @property
+    def uri(self) -> str:
+        """Return the endpoint with secrets redacted, for messages."""
+        return self.model.service.redacted_uri()
+
+    def check(self) -> None:
+        """Make sure the server is up and the model exists and can see; raise a ModelSetupError if not."""
+        try:
+            self._with_retries(self._check_once)
+        except _ConnectionFailed as exc:
+            raise ServerUnreachable(f"cannot reach the model server at {self.uri}: {exc.reason}") from exc
+        except TransientModelError as exc:
+            raise ServerUnreachable(f"the model server at {self.uri} keeps failing: {exc.reason}") from exc
+
+    def describe(self, jpeg: bytes, prompt: str, system: str) -> Answer:
+        """Return the model's answer for one JPEG, retrying transient failures; raise on the rest."""
+        body = self._openai_body(jpeg, prompt, system) if self.openai else self._ollama_body(jpeg, prompt, system)
+        try:
+            answer: Answer = self._with_retries(lambda: self._generate_once(body))
+            return answer
+        except _ConnectionFailed as exc:
+            raise ServerUnreachable(f"the model server at {self.uri} stopped answering: {exc.reason}") from exc
+
+    # -- retries -------------------------------------------------------------------------------
+
+    def _with_retries(self, call: Any) -> Any:
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientModelError),
+            stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(self.retry.total),
+            wait=_Backoff(self.retry),
+            before_sleep=lambda state: log.warning(
+                "%s: %s; trying again in %.1fs", self.uri, state.outcome.exception() if state.outcome else "",
+                state.next_action.sleep if state.next_action else 0),
+            reraise=True,
+        )
+        return retrying(call)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _check_once(self) -> None:
+        service = self.model.service
+        if self.openai:
+            response = self._request("GET", f"{service.base_url()}/v1/models", None)
+            if response.status_code in (401, 403):
+                raise ModelSetupError(f"{self.uri} refused the API key (HTTP {response.status_code}): "
+                                      "set Service.Key (or OPENAI_API_KEY)")
+            return
+        response = self._request("POST", f"{service.base_url()}/api/show", {"model": self.model.model_id})
+        if response.status_code == 404:
+            raise ModelNotFound(f"model {self.model.model_id} not found on {service.base_url()}: "
+                                f"run `ollama pull {self.model.model_id}`")
+        if response.status_code in (401, 403):
+            raise ModelSetupError(f"{self.uri} refused the API key (HTTP {response.status_code}): "
+                                  "set Service.Key (or OLLAMA_API_KEY)")
+        if response.status_code != 200:
+            self._raise_for_status(response.status_code, response.content, response.headers)
+        try:
+            info = response.json()
+        except ValueError:
+            info = {}
+        if not _can_see(info):
+            capabilities = ", ".join(info.get("capabilities") or []) or "unknown"
+            raise ModelCannotSee(f"model {self.model.model_id} on {service.base_url()} cannot see images "
+                                 f"(capabilities: {capabilities}): choose a vision model such as qwen2.5vl:3b")
+
+    def _request(self, method: str, url: str, body: dict[str, Any] | None) -> httpx.Response:
+        try:
+            return self._http.request(method, url, json=body)
+        except _UNREACHABLE as exc:
+            raise _ConnectionFailed(_describe_connection_error(exc)) from exc
+        except httpx.TimeoutException as exc:
+            raise TransientModelError(f"no answer in time ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise TransientModelError(f"connection failed: {exc}") from exc
+
+    def _generate_once(self, body: dict[str, Any]) -> Answer:
+        started = time.monotonic()
+        deadline = started + self.deadline
+        try:
+            with self._http.stream("POST", self.model.service.uri, json=body) as response:
+                if response.status_code != 200:
+                    content = b"".join(self._read_bounded(response, deadline))
+                    self._raise_for_status(response.status_code, content, response.headers)
+                chunks = self._read_bounded(response, deadline)
+                if body.get("stream"):
+                    answer = _parse_sse(chunks) if self.openai else _parse_ndjson(chunks)
+                else:
+                    answer = _parse_single(b"".join(chunks), self.openai)
+        except _UNREACHABLE as exc:
+            raise _ConnectionFailed(_describe_connection_error(exc)) from exc
+        except httpx.TimeoutException as exc:
+            raise TransientModelError(f"no answer within {self.deadline:.0f}s ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise TransientModelError(f"the connection broke: {type(exc).__name__}: {exc}") from exc
+        return Answer(answer.text, answer.thinking, answer.done_reason, time.monotonic() - started)
+
+    def _read_bounded(self, response: httpx.Response, deadline: float) -> Iterator[bytes]:
+        received = 0
+        for chunk in response.iter_raw():
+            received += len(chunk)
+            if received > self.max_answer_bytes:
+                raise TransientModelError(f"the answer exceeded {self.max_answer_bytes} bytes")
+            if time.monotonic() > deadline:
+                raise TransientModelError(f"no complete answer within {self.deadline:.0f}s")
+            yield chunk
+
+    def _raise_for_status(self, status: int, content: bytes, headers: httpx.Headers) -> None:
+        message = _error_message(content) or f"HTTP {status}"
+        if status == 404:
+            raise ModelNotFound(f"model {self.model.model_id} not found on {self.uri}: {message}"
+                                + ("" if self.openai else f" (run `ollama pull {self.model.model_id}`)"))
+        if status in (401, 403):
+            raise ModelSetupError(f"{self.uri} refused the request (HTTP {status}): {message}: check Service.Key")
+        if status == 429 or status >= 500:
+            if any(text in message for text in PERMANENT_SERVER_ERRORS):
+                raise ModelSetupError(f"{self.uri} cannot run {self.model.model_id}: {message}")
+            raise TransientModelError(f"HTTP {status}: {message}", retry_after=_retry_after(headers))
+        raise AnswerError(f"the model server refused the image (HTTP {status}): {message}")
+
+    # -- request bodies ------------------------------------------------------------------------
+
+    def _ollama_body(self, jpeg: bytes, prompt: str, system: str) -> dict[str, Any]:
+        image = base64.b64encode(jpeg).decode("ascii")
+        body: dict[str, Any] = {"model": self.model.model_id, "stream": self.model.service.stream,
+                                "options": dict(self.model.options)}
+        think = self.model.service.think
+        body["think"] = think == "true" if think in ("true", "false") else think
+        if self.model.format:
+            body["format"] = self.model.format
+        if self.model.service.uri.rstrip("/").endswith("/api/chat"):
+            messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+            messages.append({"role": "user", "content": prompt, "images": [image]})
+            body["messages"] = messages
+        else:
+            body.update(prompt=prompt, images=[image])
+            if system:
+                body["system"] = system
+        return body
+
+    def _openai_body(self, jpeg: bytes, prompt: str, system: str) -> dict[str, Any]:
+        url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": [{"type": "text", "text": prompt},
+                                                     {"type": "image_url", "image_url": {"url": url}}]})
+        body: dict[str, Any] = {"model": self.model.model_id, "messages": messages,
+                                "stream": self.model.service.stream}
+        for name, value in self.model.options.items():
+            if name in OPENAI_OPTIONS:
+                body[OPENAI_OPTIONS[name]] = value
+        body.setdefault("top_p", 0.9)
+        return body
+
+
+class _Backoff:
+    """tenacity wait: Retry-After when the server gave one, else exponential backoff with full jitter."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    def __call__(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            return float(min(retry_after, self.policy.max_delay))
+        ceiling = min(self.policy.max_delay, self.policy.delay * 2 ** (state.attempt_number - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def _can_see(info: dict[str, Any]) -> bool:
+    capabilities = info.get("capabilities")
+    if isinstance(capabilities, list):
+        return "vision" in capabilities
+    families = (info.get("details") or {}).get("families") or []
+    return bool(info.get("projector_info")) or any(family in ("clip", "mllama") for family in families)
+
+
+def _describe_connection_error(exc: httpx.HTTPError) -> str:
+    text = str(exc) or type(exc).__name__
+    if "Connection refused" in text or "Errno 111" in text:
+        return "connection refused"
+    return text
+
+
+def _error_message(content: bytes) -> str:
+    """Return the error text of an Ollama ({"error": "..."}) or OpenAI ({"error": {"message"}}) body."""
+    try:
+        document = json.loads(content)
+    except ValueError:
+        return content.decode("utf-8", "replace").strip()[:300]
+    error = document.get("error") if isinstance(document, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error)[:300]
+    if error is not None:
+        return str(error)[:300]
+    if isinstance(document, dict) and document.get("message"):
+        return str(document["message"])[:300]
+    return content.decode("utf-8", "replace").strip()[:300]
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        yield from (line.strip() for line in complete if line.strip())
+    if buffer.strip():
+        yield buffer.strip()
+
+
+def _stream_error(message: str) -> Exception:
+    if "runner" in message or "try again" in message or "busy" in message:
+        return TransientModelError(f"the model failed while answering: {message}")
+    return AnswerError(f"the model failed while answering: {message}")
+
+
+def _parse_ndjson(chunks: Iterator[bytes]) -> Answer:
+    """Return the answer assembled from Ollama's NDJSON stream; a stream without `done` was cut short."""
+    text: list[str] = []
+    thinking: list[str] = []
+    for line in _lines(chunks):
+        try:
+            part = json.loads(line)
+        except ValueError as exc:
+            raise TransientModelError(f"the server sent something that is not JSON: {line[:80]!r}") from exc
+        if not isinstance(part, dict):
+            raise TransientModelError("the server sent an unexpected answer")
+        if part.get("error"):
+            raise _stream_error(str(part["error"]))
+        message: dict[str, Any] = part["message"] if isinstance(part.get("message"), dict) else part
+        text.append(str(message.get("content", message.get("response", "")) or ""))
+        thinking.append(str(message.get("thinking", "") or ""))
+        if part.get("done"):
+            return Answer("".join(text), "".join(thinking), str(part.get("done_reason", "")))
+    raise TransientModelError("the answer stream ended before it was done")
+
+
+def _parse_sse(chunks: Iterator[bytes]) -> Answer:
+    """Return the answer assembled from an OpenAI server-sent-event stream ending in `data: [DONE]`."""
+    text: list[str] = []
+    thinking: list[str] = []
+    finish = ""
+    for line in _lines(chunks):
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return Answer("".join(text), "".join(thinking), finish)
+        try:
+            event = json.loads(data)
+        except ValueError as exc:
+            raise TransientModelError(f"the server sent something that is not JSON: {data[:80]!r}") from exc
+        if isinstance(event, dict) and event.get("error"):
+            raise _stream_error(_error_message(data))
+        for choice in event.get("choices") or []:
+            delta = choice.get("delta") or {}
+            text.append(str(delta.get("content") or ""))
+            thinking.append(str(delta.get("reasoning_content") or delta.get("reasoning") or ""))
+            finish = str(choice.get("finish_reason") or finish)
+    raise TransientModelError("the answer stream ended before [DONE]")
+
+
+def _parse_single(content: bytes, openai: bool) -> Answer:
+    """Return the answer of a non-streamed response."""
+    try:
+        document = json.loads(content)
+    except ValueError as exc:
+        raise TransientModelError(f"the server's answer is not JSON: {content[:80]!r}") from exc
+    if not isinstance(document, dict):
+        raise TransientModelError("the server sent an unexpected answer")
+    if document.get("error"):
+        raise _stream_error(_error_message(content))
+    if openai:
+        choices = document.get("choices") or [{}]
+        reply = choices[0].get("message") or {}
+        return Answer(str(reply.get("content") or ""),
+                      str(reply.get("reasoning_content") or reply.get("reasoning") or ""),
+                      str(choices[0].get("finish_reason") or ""))
+    message: dict[str, Any] = document["message"] if isinstance(document.get("message"), dict) else document
+    return Answer(str(message.get("content", message.get("response", "")) or ""),
+                  str(message.get("thinking", "") or ""), str(document.get("done_reason", "")))

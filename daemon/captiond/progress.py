@@ -1,0 +1,43 @@
+"""A progress bar with rate and ETA on a terminal (rich); nothing otherwise, where log lines suffice."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+
+if TYPE_CHECKING:
+    from .pipeline import Outcome
+
+
+class Progress:
+    """Counts processed files against a total and shows a bar when enabled."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self._bar: RichProgress | None = None
+        if enabled:
+            self._bar = RichProgress(
+                TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=True)
+            self._task = self._bar.add_task("captioning", total=total, rate="")
+        self._done = 0
+
+    def __enter__(self) -> Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def advance(self, outcome: Outcome) -> None:
+        """Count one finished file."""
+        self._done += 1
+        if self._bar is not None:
+            task = self._bar.tasks[0]
+            rate = f"{task.speed:.2f} files/s" if task.speed else ""
+            self._bar.update(self._task, advance=1, rate=rate)
