@@ -309,7 +309,8 @@ class Exiftool:
                     command = ["-o", os.fsencode(temporary), *assignments, source_argument]
                 status, output, stderr = self.run(*command)
             if status != 0 or not temporary.exists():
-                raise MetadataError(f"exiftool could not write: {_first_line(stderr) or _text(output)}", str(plan.target))
+                reason = _first_line(stderr) or _text(output)
+                raise MetadataError(f"exiftool could not write: {reason}", str(plan.target))
             if before is not None and _stat_or_none(source) != before:
                 raise MetadataError("the file changed while its metadata was written; will try again",
                                     str(plan.target), transient=True)

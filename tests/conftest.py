@@ -1,0 +1,98 @@
+"""Shared test fixtures: a temporary library of real files, the Ollama emulator, and running captiond."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emulator import OllamaEmulator
+
+TESTS = Path(__file__).parent
+FIXTURES = TESTS / "fixtures"
+SOURCE_ROOT = TESTS.parent / "daemon"
+MODEL = "qwen2.5vl:3b"
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished captiond process."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def emulator() -> Iterator[OllamaEmulator]:
+    """An Ollama emulator on 127.0.0.1 with a vision model, a text-only model and a thinking model."""
+    with OllamaEmulator() as server:
+        yield server
+
+
+@pytest.fixture
+def originals(tmp_path: Path) -> Path:
+    """An empty originals folder."""
+    folder = tmp_path / "originals"
+    folder.mkdir()
+    return folder
+
+
+def add_fixture(originals: Path, name: str, as_name: str | None = None) -> Path:
+    """Copy a fixture into the library (optionally under another name or subfolder); return its path."""
+    target = originals / (as_name or name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(FIXTURES / name, target)
+    return target
+
+
+def write_config(directory: Path, url: str, *, model: str = MODEL, service: dict[str, object] | None = None,
+                 daemon: dict[str, object] | None = None, entry: dict[str, object] | None = None) -> Path:
+    """Write a vision.yml for the emulator with fast retries; return its path."""
+    document = {
+        "Models": [{"Type": "caption", "Model": model, "Engine": "ollama",
+                    "Service": {"Uri": f"{url}/api/generate", **(service or {})}, **(entry or {})}],
+        "Daemon": {"StateDir": str(directory / "state"), "Timeout": 10,
+                   "Retry": {"Attempts": 3, "Delay": 0.05, "MaxDelay": 0.2, "Total": 20}, **(daemon or {})},
+    }
+    path = directory / "vision.yml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def run_captiond(*arguments: str | os.PathLike[str], timeout: float = 120, env: dict[str, str] | None = None,
+                 ) -> Result:
+    """Run `python -m captiond ARGS` as a user would; return its exit code and output."""
+    environment = {**os.environ, "PYTHONPATH": str(SOURCE_ROOT), **(env or {})}
+    process = subprocess.run([sys.executable, "-m", "captiond", *map(str, arguments)], capture_output=True,
+                             text=True, timeout=timeout, env=environment, stdin=subprocess.DEVNULL)
+    return Result(process.returncode, process.stdout, process.stderr)
+
+
+def file_hash(path: Path) -> str:
+    """Return the sha256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """Return {relative path: sha256} of every file under a folder."""
+    return {path.relative_to(folder).as_posix(): file_hash(path) for path in sorted(folder.rglob("*"))
+            if path.is_file()}
+
+
+def read_tags(path: Path, *tags: str) -> dict[str, str]:
+    """Return tags read by a separate exiftool process (-G1, with our namespace config)."""
+    config = SOURCE_ROOT / "captiond" / "exiftool.config"
+    output = subprocess.run(["exiftool", "-config", str(config), "-j", "-G1", *[f"-{tag}" for tag in tags],
+                             str(path)], capture_output=True, text=True, check=False).stdout
+    record = json.loads(output)[0] if output.strip() else {}
+    return {key: str(value) for key, value in record.items() if key != "SourceFile"}
