@@ -201,7 +201,9 @@ def default_state_dir(environ: Mapping[str, str]) -> Path:
         return Path(environ["STATE_DIRECTORY"].split(":")[0])
     if environ.get("XDG_STATE_HOME"):
         return Path(environ["XDG_STATE_HOME"]) / "captiond"
-    return Path(environ.get("HOME", "/var/lib")) / ".local" / "state" / "captiond"
+    if environ.get("HOME"):
+        return Path(environ["HOME"]) / ".local" / "state" / "captiond"
+    return Path("/var/lib/captiond")
 
 
 def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path | None:

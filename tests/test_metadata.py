@@ -1,0 +1,171 @@
+"""metadata.py with the real exiftool on copies of real files: reading, planning and atomic writing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from captiond.errors import MetadataError
+from captiond.metadata import (
+    Exiftool,
+    Provenance,
+    current_caption,
+    plan_caption,
+    remove_stale_temporaries,
+    sidecar_path,
+    truncate_bytes,
+)
+from conftest import add_fixture, file_hash, read_tags
+
+PROVENANCE = Provenance("ollama", "qwen2.5vl:3b", "2026-11-24T10:00:00Z")
+
+
+@pytest.fixture
+def exiftool() -> Iterator[Exiftool]:
+    with Exiftool() as process:
+        yield process
+
+
+def pixels(path: Path) -> bytes:
+    with Image.open(path) as image:
+        return image.tobytes()
+
+
+def write(exiftool: Exiftool, path: Path, caption: str, embedded: bool) -> None:
+    metadata = exiftool.read(path)
+    plan = plan_caption(metadata, caption, PROVENANCE, embedded)
+    exiftool.apply(plan, path if embedded else metadata.sidecar)
+
+
+def test_reads_the_caption_a_reader_sees(exiftool: Exiftool, originals: Path) -> None:
+    person = add_fixture(originals, "no_exif.jpg")
+    boilerplate = add_fixture(originals, "Konica_Minolta_DiMAGE_Z3.jpg")
+    mwg = add_fixture(originals, "MWG.jpg")
+
+    assert current_caption(exiftool.read(person)).text == "Der Goalie bin ig"
+    assert current_caption(exiftool.read(person)).location == "embedded"
+    assert current_caption(exiftool.read(boilerplate)).text == "KONICA MINOLTA DIGITAL CAMERA"
+    assert current_caption(exiftool.read(mwg)).text == "WRONG-XMP-Description"  # XMP first, as MWG readers
+    assert exiftool.read(mwg).orientation == 6
+
+
+def test_new_sidecar_holds_caption_and_provenance(exiftool: Exiftool, originals: Path) -> None:
+    photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    original = file_hash(photo)
+
+    write(exiftool, photo, "Ein Hund läuft über die Wiese.", embedded=False)
+
+    tags = read_tags(Path(f"{photo}.xmp"), "XMP:all")
+    assert tags["XMP-dc:Description"] == "Ein Hund läuft über die Wiese."
+    assert tags["XMP-tiff:ImageDescription"] == "Ein Hund läuft über die Wiese."
+    assert tags["XMP-captiond:CaptionSource"] == "ollama"
+    assert tags["XMP-captiond:CaptionModel"] == "qwen2.5vl:3b"
+    assert tags["XMP-captiond:CaptionTime"] == "2026-11-24T10:00:00Z"
+    assert len(tags["XMP-captiond:CaptionHash"]) == 64
+    assert file_hash(photo) == original
+    assert sorted(path.name for path in originals.iterdir()) == ["Canon_PowerShot_S40.jpg",
+                                                                  "Canon_PowerShot_S40.jpg.xmp"]
+
+
+def test_unchanged_caption_is_not_rewritten(exiftool: Exiftool, originals: Path) -> None:
+    photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    write(exiftool, photo, "A lake at dawn.", embedded=False)
+    sidecar = Path(f"{photo}.xmp")
+    first = sidecar.stat().st_mtime_ns, file_hash(sidecar)
+
+    plan = plan_caption(exiftool.read(photo), "A lake at dawn.", Provenance("ollama", "qwen2.5vl:3b"), False)
+
+    assert plan.empty
+    exiftool.apply(plan, sidecar)
+    assert (sidecar.stat().st_mtime_ns, file_hash(sidecar)) == first
+
+
+def test_embedded_write_keeps_pixels_and_leaves_no_temporary_files(exiftool: Exiftool, originals: Path) -> None:
+    photo = add_fixture(originals, "no_exif.jpg")
+    os.chmod(photo, 0o640)
+    before_pixels = pixels(photo)
+    inode = photo.stat().st_ino
+
+    write(exiftool, photo, "Ein Torwart im Schnee – «Der Goalie».", embedded=True)
+
+    tags = read_tags(photo, "XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract",
+                     "IPTC:CodedCharacterSet", "IPTC:Keywords", "IPTC:By-line", "Photoshop:IPTCDigest",
+                     "XMP-captiond:CaptionSource")
+    assert tags["XMP-dc:Description"] == "Ein Torwart im Schnee – «Der Goalie»."
+    assert tags["IFD0:ImageDescription"] == tags["XMP-dc:Description"]
+    assert tags["IPTC:Caption-Abstract"] == tags["XMP-dc:Description"]
+    assert tags["IPTC:CodedCharacterSet"] == "UTF8"
+    assert tags["IPTC:By-line"] == "CREDIT" and tags["IPTC:Keywords"] == "tag"  # tags we do not own stay
+    assert tags["Photoshop:IPTCDigest"] != "52c81bf46a73e184a1b346220fd2993c"  # digest follows the new IPTC
+    assert pixels(photo) == before_pixels
+    assert photo.stat().st_ino != inode  # replaced by rename, never rewritten in place
+    assert photo.stat().st_mode & 0o777 == 0o640
+    assert sorted(path.name for path in originals.iterdir()) == ["no_exif.jpg"]
+
+
+def test_embedded_write_adds_no_iptc_where_there_was_none(exiftool: Exiftool, originals: Path) -> None:
+    photo = add_fixture(originals, "Konica_Minolta_DiMAGE_Z3.jpg")
+    write(exiftool, photo, "A mountain hut.", embedded=True)
+    tags = read_tags(photo, "IPTC:all", "IFD0:ImageDescription")
+    assert tags == {"IFD0:ImageDescription": "A mountain hut."}
+
+
+def test_iptc_caption_is_cut_at_a_character_boundary(exiftool: Exiftool, originals: Path) -> None:
+    photo = add_fixture(originals, "IPTC.jpg")
+    caption = "ü" * 1500  # 3000 bytes in UTF-8
+    write(exiftool, photo, caption, embedded=True)
+    tags = read_tags(photo, "IPTC:Caption-Abstract", "XMP-dc:Description")
+    assert tags["XMP-dc:Description"] == caption
+    assert tags["IPTC:Caption-Abstract"] == "ü" * 1000
+    assert truncate_bytes("aü", 2) == "a"
+
+
+def test_values_and_names_cannot_become_exiftool_options(exiftool: Exiftool, originals: Path) -> None:
+    photo = add_fixture(originals, "Canon_PowerShot_S40.jpg", "-ver\n-Artist=x.jpg")
+    write(exiftool, photo, "Boat\n-IFD0:Artist=evil\r\n-o\n/tmp/escaped.jpg", embedded=True)
+    tags = read_tags(photo, "XMP-dc:Description", "IFD0:Artist")
+    assert tags == {"XMP-dc:Description": "Boat -IFD0:Artist=evil  -o /tmp/escaped.jpg"}
+    with pytest.raises(ValueError, match="line break"):
+        exiftool.run("-ver\n-Artist=evil")
+
+
+def test_sidecar_naming(originals: Path) -> None:
+    photo = originals / "IMG_1.JPG"
+    assert sidecar_path(photo, "ext") == (originals / "IMG_1.JPG.xmp", False)
+    assert sidecar_path(photo, "base") == (originals / "IMG_1.xmp", False)
+    (originals / "IMG_1.XMP").write_text("")
+    assert sidecar_path(photo, "ext") == (originals / "IMG_1.XMP", True)
+    (originals / "IMG_1.JPG.xmp").write_text("")
+    assert sidecar_path(photo, "base") == (originals / "IMG_1.JPG.xmp", True)
+
+
+def test_unreadable_file_is_a_clear_error(exiftool: Exiftool, originals: Path) -> None:
+    missing = originals / "gone.jpg"
+    with pytest.raises(MetadataError, match="gone.jpg"):
+        exiftool.read(missing)
+
+
+def test_write_into_read_only_folder_fails_cleanly(exiftool: Exiftool, originals: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    originals.chmod(0o555)
+    try:
+        with pytest.raises(MetadataError, match="Canon_PowerShot_S40"):
+            write(exiftool, photo, "A caption.", embedded=False)
+    finally:
+        originals.chmod(0o755)
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(originals: Path) -> None:
+    dead = originals / ".captiond-tmp-999999999-abc.jpg"
+    mine = originals / f".captiond-tmp-{os.getpid()}-abc.jpg"
+    other = originals / ".hidden.jpg"
+    for path in (dead, mine, other):
+        path.write_bytes(b"x")
+    remove_stale_temporaries(originals, [path.name for path in (dead, mine, other)])
+    assert not dead.exists() and mine.exists() and other.exists()
