@@ -15,8 +15,9 @@ _MARKDOWN_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _LINE_MARKERS = re.compile(r"^\s{0,3}(?:#{1,6}\s+|>\s?|[-*+•]\s+|\d{1,2}[.)]\s+)", re.MULTILINE)
 _EMPHASIS = re.compile(r"(\*\*|__|\*|`)")
 # "Sure! Here is a caption:", "Caption:", "Here's a one-sentence description of the image:" ...
+# Only with punctuation after it, so that "Great Danes run" or "OK Corral at dusk" stay whole.
 _INTERJECTION = re.compile(
-    r"^(?:sure|certainly|of course|okay|ok|absolutely|great|alright|here you go)\b[!,.:;\s-]*", re.IGNORECASE
+    r"^(?:sure|certainly|of course|okay|ok|absolutely|great|alright|here you go)\s*[!,.:;]+\s*", re.IGNORECASE
 )
 _PREAMBLE = re.compile(
     r"^(?:(?:here(?:'s| is| are)|this is|below is|the following is)\b[^.:!?\n]{0,80}?"
@@ -25,6 +26,8 @@ _PREAMBLE = re.compile(
     re.IGNORECASE,
 )
 _QUOTE_PAIRS = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "„": "“", "`": "`"}
+# Zero-width (non-)joiners are part of emoji sequences and of Persian and Indic text: keep them.
+_JOINERS = frozenset("\u200c\u200d")
 _SENTENCE_END = re.compile(r"[.!?…](?=\s|$)")
 
 
@@ -45,11 +48,14 @@ def strip_markdown(text: str) -> str:
 
 def strip_preamble(text: str) -> str:
     """Return text without leading chatter such as "Sure! Here is a caption:" or "Caption:"."""
+    original = text
     previous = None
     while previous != text:
         previous = text
         text = _INTERJECTION.sub("", text).lstrip()
         text = _PREAMBLE.sub("", text).lstrip()
+    if text != original and text[:1].islower():
+        text = text[0].upper() + text[1:]
     return text
 
 
@@ -63,8 +69,8 @@ def strip_wrapping_quotes(text: str) -> str:
 def single_line(text: str) -> str:
     """Return NFC text with line breaks and control characters turned into single spaces."""
     text = unicodedata.normalize("NFC", text)
-    text = "".join(" " if unicodedata.category(character) in ("Cc", "Cf", "Zl", "Zp") else character
-                   for character in text)
+    text = "".join(" " if unicodedata.category(character) in ("Cc", "Cf", "Zl", "Zp")
+                   and character not in _JOINERS else character for character in text)
     return re.sub(r"\s+", " ", text).strip()
 
 

@@ -71,7 +71,7 @@ THRESHOLD_KEYS = frozenset({"Confidence", "Topicality", "NSFW", "NSFWUpload", "N
 DAEMON_KEYS = frozenset(
     {
         "Originals", "Write", "SidecarName", "StateDir", "Parallel", "Timeout", "MaxLength", "MaxAnswerBytes",
-        "Settle", "Rescan", "Watcher", "Listen", "Retry",
+        "Settle", "Rescan", "Watcher", "PollInterval", "Listen", "Retry",
     }
 )
 RETRY_KEYS = frozenset({"Attempts", "Delay", "MaxDelay", "Total"})
@@ -168,6 +168,7 @@ class DaemonConfig:
     settle: float = 3.0
     rescan: float = 3600.0
     watcher: str = "auto"
+    poll_interval: float = 30.0
     listen: str = ""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -342,8 +343,21 @@ class _Reader:
             return default
         return text
 
-    def boolean(self, mapping: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    def value(self, mapping: Mapping[str, Any], key: str, where: str) -> Any:
+        """Return a raw value; text holding ${VAR} is expanded and read again as YAML (so numbers work)."""
         value = mapping.get(key)
+        if isinstance(value, str) and "${" in value:
+            text, missing = expand_variables(value, self.environ)
+            for name in missing:
+                self.warnings.append(f"{where}.{key}: environment variable {name} is not set")
+            try:
+                value = yaml.safe_load(text) if text.strip() else None
+            except yaml.YAMLError:
+                value = text
+        return value
+
+    def boolean(self, mapping: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+        value = self.value(mapping, key, where)
         if value is None:
             return default
         if isinstance(value, bool):
@@ -354,7 +368,7 @@ class _Reader:
         return default
 
     def positive_int(self, mapping: Mapping[str, Any], key: str, where: str, default: int) -> int:
-        value = mapping.get(key)
+        value = self.value(mapping, key, where)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -363,7 +377,7 @@ class _Reader:
         return value
 
     def percent(self, mapping: Mapping[str, Any], key: str, where: str, default: int) -> int:
-        value = mapping.get(key)
+        value = self.value(mapping, key, where)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
@@ -372,7 +386,7 @@ class _Reader:
         return int(value)
 
     def duration(self, mapping: Mapping[str, Any], key: str, where: str, default: float) -> float:
-        value = mapping.get(key)
+        value = self.value(mapping, key, where)
         if value is None:
             return default
         seconds = parse_duration(value)
@@ -465,7 +479,8 @@ class _Reader:
         options: dict[str, Any] = {"temperature": DEFAULT_TEMPERATURE, "num_predict": DEFAULT_NUM_PREDICT}
         if model_type == "labels":
             options["top_p"] = 0.9
-        for key, option_value in mapping.items():
+        for key in mapping:
+            option_value = self.value(mapping, key, where)
             if key in IGNORED_OPTIONS:
                 continue
             if key not in OPTION_NAMES:
@@ -523,6 +538,7 @@ class _Reader:
             settle=self.duration(mapping, "Settle", where, 3.0),
             rescan=self.duration(mapping, "Rescan", where, 3600.0),
             watcher=self.choice(mapping, "Watcher", where, "auto", WATCHERS),
+            poll_interval=self.duration(mapping, "PollInterval", where, 30.0) or 30.0,
             listen=self.string(mapping, "Listen", where, ""),
             retry=RetryPolicy(
                 attempts=self.positive_int(retry, "Attempts", f"{where}.Retry", defaults.attempts),

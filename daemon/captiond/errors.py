@@ -118,9 +118,11 @@ class TransientModelError(ModelError):
 
     transient = True
 
-    def __init__(self, reason: str, path: str | None = None, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, path: str | None = None, retry_after: float | None = None,
+                 crashed: bool = False) -> None:
         super().__init__(reason, path)
         self.retry_after = retry_after
+        self.crashed = crashed  # the model runner died on this image (poison after twice)
 
 
 class AnswerError(ModelError):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from .config import DaemonConfig, ModelConfig, RetryPolicy
 from .errors import (
@@ -41,6 +41,8 @@ _UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProto
 OPENAI_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop",
                   "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
                   "num_predict": "max_tokens"}
+# The runner died while answering: transient once, but an image that does it again is poison.
+RUNNER_CRASHES = ("runner process has terminated", "runner has unexpectedly stopped", "runner process no longer")
 # Ollama answers these with HTTP 500 although no retry can help.
 PERMANENT_SERVER_ERRORS = ("requires more system memory", "unknown model architecture", "does not support")
 
@@ -81,9 +83,11 @@ class ModelClient:
             limits=httpx.Limits(max_connections=max(4, daemon.parallel * 2), max_keepalive_connections=daemon.parallel),
         )
         self.openai = model.service.request_format == "openai"
+        self._closed = False
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool; requests under way fail as transient and are not retried."""
+        self._closed = True
         self._http.close()
 
     @property
@@ -91,10 +95,13 @@ class ModelClient:
         """Return the endpoint with secrets redacted, for messages."""
         return self.model.service.redacted_uri()
 
-    def check(self) -> None:
+    def check(self, retry: bool = True) -> None:
         """Make sure the server is up and the model exists and can see; raise a ModelSetupError if not."""
         try:
-            self._with_retries(self._check_once)
+            if retry:
+                self._with_retries(self._check_once)
+            else:
+                self._check_once()
         except _ConnectionFailed as exc:
             raise ServerUnreachable(f"cannot reach the model server at {self.uri}: {exc.reason}") from exc
         except TransientModelError as exc:
@@ -112,8 +119,18 @@ class ModelClient:
     # -- retries -------------------------------------------------------------------------------
 
     def _with_retries(self, call: Any) -> Any:
+        crashes = 0
+
+        def worth_retrying(error: BaseException) -> bool:
+            # A runner crash is retried once: the same image crashing it again is poison.
+            nonlocal crashes
+            if not isinstance(error, TransientModelError) or self._closed:
+                return False
+            crashes += error.crashed
+            return crashes < 2
+
         retrying = Retrying(
-            retry=retry_if_exception_type(TransientModelError),
+            retry=retry_if_exception(worth_retrying),
             stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(self.retry.total),
             wait=_Backoff(self.retry),
             before_sleep=lambda state: log.warning(
@@ -160,6 +177,8 @@ class ModelClient:
             raise TransientModelError(f"no answer in time ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
             raise TransientModelError(f"connection failed: {exc}") from exc
+        except RuntimeError as exc:  # httpx: "the client has been closed" while stopping
+            raise TransientModelError(f"stopped: {exc}") from exc
 
     def _generate_once(self, body: dict[str, Any]) -> Answer:
         started = time.monotonic()
@@ -180,6 +199,8 @@ class ModelClient:
             raise TransientModelError(f"no answer within {self.deadline:.0f}s ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
             raise TransientModelError(f"the connection broke: {type(exc).__name__}: {exc}") from exc
+        except RuntimeError as exc:  # httpx: "the client has been closed" while stopping
+            raise TransientModelError(f"stopped: {exc}") from exc
         return Answer(answer.text, answer.thinking, answer.done_reason, time.monotonic() - started)
 
     def _read_bounded(self, response: httpx.Response, deadline: float) -> Iterator[bytes]:
@@ -202,7 +223,8 @@ class ModelClient:
         if status == 429 or status >= 500:
             if any(text in message for text in PERMANENT_SERVER_ERRORS):
                 raise ModelSetupError(f"{self.uri} cannot run {self.model.model_id}: {message}")
-            raise TransientModelError(f"HTTP {status}: {message}", retry_after=_retry_after(headers))
+            raise TransientModelError(f"HTTP {status}: {message}", retry_after=_retry_after(headers),
+                                      crashed=_is_crash(message))
         raise AnswerError(f"the model server refused the image (HTTP {status}): {message}")
 
     # -- request bodies ------------------------------------------------------------------------
@@ -308,9 +330,13 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield buffer.strip()
 
 
+def _is_crash(message: str) -> bool:
+    return any(text in message for text in RUNNER_CRASHES)
+
+
 def _stream_error(message: str) -> Exception:
     if "runner" in message or "try again" in message or "busy" in message:
-        return TransientModelError(f"the model failed while answering: {message}")
+        return TransientModelError(f"the model failed while answering: {message}", crashed=_is_crash(message))
     return AnswerError(f"the model failed while answering: {message}")
 
 

@@ -46,7 +46,9 @@ class Outcome:
     reason: str = ""
     caption: str = ""
     transient: bool = False
+    crashed: bool = False
     model_seconds: float = 0.0
+    wrote_original: bool = False
 
 
 class Captioner:
@@ -76,11 +78,12 @@ class Captioner:
                 return Outcome(path, WOULD_CAPTION, decision.reason)
             image = self.prepare(metadata)
             caption, seconds = self.ask(image)
-            self.write(metadata, caption)
-            return Outcome(path, CAPTIONED, decision.reason, caption, model_seconds=seconds)
+            embedded = self.write(metadata, caption)
+            return Outcome(path, CAPTIONED, decision.reason, caption, model_seconds=seconds, wrote_original=embedded)
         except FileError as error:
             error.for_file(str(path))
-            return Outcome(path, FAILED, error.reason, transient=error.transient)
+            return Outcome(path, FAILED, error.reason, transient=error.transient,
+                           crashed=bool(getattr(error, "crashed", False)))
 
     def prepare(self, metadata: FileMetadata) -> PreparedImage:
         """Return the JPEG for the model: decoded from the file, or from a RAW file's largest preview."""
@@ -96,12 +99,13 @@ class Captioner:
             answer = self.client.describe(image.jpeg, self.model.prompt, self.model.system)
         return clean_caption(answer.best_text, self.config.daemon.max_length), answer.seconds
 
-    def write(self, metadata: FileMetadata, caption: str) -> None:
-        """Write the caption and its provenance to the sidecar or into the file."""
+    def write(self, metadata: FileMetadata, caption: str) -> bool:
+        """Write the caption and its provenance to the sidecar or into the file; return whether into the file."""
         embedded = writes_embedded(metadata.path, self.config.daemon.write)
         provenance = Provenance(self.options.source, self.model.model_id)
         plan = plan_caption(metadata, caption, provenance, embedded)
         self.exiftool.apply(plan, metadata.path if embedded else metadata.sidecar)
+        return embedded and not plan.empty
 
     @property
     def count_reached(self) -> bool:

@@ -1,0 +1,110 @@
+"""Telling the outside world how the daemon is: systemd notifications, /healthz and Prometheus /metrics."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+class SystemdNotifier:
+    """sd_notify over $NOTIFY_SOCKET (READY=1, STATUS=..., WATCHDOG=1, STOPPING=1); silent without systemd."""
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        environ = dict(os.environ) if environ is None else environ
+        address = environ.get("NOTIFY_SOCKET", "")
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        watchdog_usec = environ.get("WATCHDOG_USEC", "")
+        self.watchdog_interval = int(watchdog_usec) / 2_000_000 if watchdog_usec.isdigit() else None
+
+    def send(self, message: str) -> None:
+        """Send one notification (ignored when not started by systemd)."""
+        if not self.address:
+            return
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as connection:
+                connection.connect(self.address)
+                connection.sendall(message.encode("utf-8"))
+        except OSError as exc:
+            log.debug("cannot notify systemd: %s", exc)
+
+
+class Metrics:
+    """The daemon's Prometheus metrics, in a registry of its own (no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.files = Counter("captiond_files", "Files finished, by outcome", ["outcome"], registry=self.registry)
+        self.retries = Counter("captiond_retries", "Transient failures put back in the queue",
+                               registry=self.registry)
+        self.queue = Gauge("captiond_queue_depth", "Files waiting to be processed", registry=self.registry)
+        self.model_seconds = Histogram("captiond_model_seconds", "Seconds the model took for one image",
+                                       buckets=(0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60, 120),
+                                       registry=self.registry)
+        self.model_up = Gauge("captiond_model_up", "1 while the model server answers", registry=self.registry)
+
+    def exposition(self) -> bytes:
+        """Return the metrics in Prometheus' text format."""
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """Serves /healthz (200 while healthy, else 503) and /metrics on Daemon.Listen."""
+
+    def __init__(self, listen: str, metrics: Metrics, healthy: Callable[[], tuple[bool, str]]) -> None:
+        host, _, port = listen.rpartition(":")
+        if not port.isdigit():
+            raise UsageError(f"Daemon.Listen: expected HOST:PORT such as 127.0.0.1:9780, got {listen!r}")
+        metrics_ref, healthy_ref = metrics, healthy
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                if self.path.startswith("/metrics"):
+                    self._answer(200, metrics_ref.exposition(), CONTENT_TYPE_LATEST)
+                elif self.path.startswith("/healthz"):
+                    ok, detail = healthy_ref()
+                    self._answer(200 if ok else 503, f"{'ok' if ok else 'unhealthy'}: {detail}\n".encode(),
+                                 "text/plain; charset=utf-8")
+                else:
+                    self._answer(404, b"not found\n", "text/plain")
+
+            def _answer(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the http.server API
+                return
+
+        try:
+            self.server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+        except OSError as exc:
+            raise UsageError(f"Daemon.Listen: cannot listen on {listen}: {exc.strerror or exc}") from exc
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="captiond-health", daemon=True)
+
+    @property
+    def address(self) -> str:
+        """Return host:port actually bound (port 0 picks a free one)."""
+        host, port = self.server.server_address[:2]
+        return f"{host!s}:{port}"
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,362 @@
+"""`captiond watch`: two producers (rescans and the watcher) feed the state queue; one consumer captions.
+
+    rescan (start, every Daemon.Rescan, after an inotify overflow) ──┐
+                                                                     ├─▶ StateStore (SQLite) ─▶ consumer ─▶ Captioner.process
+    watcher events (created, closed, moved in, folders moved in) ────┘
+
+A file is processed once its size and mtime have stayed the same for Daemon.Settle. Transient
+failures go back to the queue with growing delays, forever; while the model server is down the
+consumer pauses and probes it, without charging any file an attempt.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import Config
+from .errors import CaptiondError, ModelSetupError
+from .health import HealthServer, Metrics, SystemdNotifier
+from .library import scan
+from .model import ModelClient
+from .pipeline import CAPTIONED, FAILED, Captioner, Outcome
+from .state import DONE, FAILED as STATE_FAILED, QUARANTINED, FileState, Stat, StateStore
+from .watcher import OverflowListener, inotify_watch_limit, start_observer
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+CRASHES_BEFORE_QUARANTINE = 2
+MAX_REQUEUE_DELAY = 3600.0
+PROBE_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+
+
+class WatchService:
+    """Runs the daemon until `stop` is set."""
+
+    def __init__(self, config: Config, captioner: Captioner, client: ModelClient, state: StateStore,
+                 metrics: Metrics | None = None, notifier: SystemdNotifier | None = None) -> None:
+        assert config.daemon.originals is not None
+        self.config = config
+        self.originals = config.daemon.originals
+        self.captioner = captioner
+        self.client = client
+        self.state = state
+        self.metrics = metrics or Metrics()
+        self.notifier = notifier or SystemdNotifier()
+        self.settle = config.daemon.settle
+        self.workers = config.daemon.parallel + 2
+        self.stop = threading.Event()
+        self._wake = threading.Event()
+        self._rescan_requested = threading.Event()
+        self._events: dict[Path, float] = {}
+        self._directories: set[Path] = set()
+        self._events_lock = threading.Lock()
+        self._model_failures = 0
+        self._model_error = ""
+        self._last_progress = time.monotonic()
+        self._observer_alive: Callable[[], bool] = lambda: True
+        self._last_notify = 0.0
+
+    # -- the whole daemon --------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Watch, rescan and caption until stop is set; return after in-flight work is finished."""
+        recovered = self.state.recover()
+        if recovered:
+            log.info("%d files were being processed when the daemon stopped; they are queued again", recovered)
+        health = self._start_health_server()
+        overflow = OverflowListener(self.request_rescan)
+        overflow.attach()
+        observer = start_observer(self.originals, self._watcher_kind(), self._on_file, self._on_directory,
+                                  self._on_deleted, poll_interval=self.config.daemon.poll_interval)
+        self._observer_alive = observer.is_alive
+        producers = [threading.Thread(target=self._rescan_loop, name="captiond-rescan", daemon=True),
+                     threading.Thread(target=self._event_loop, name="captiond-events", daemon=True)]
+        for thread in producers:
+            thread.start()
+        self.notifier.send("READY=1\nSTATUS=starting: first scan of the originals")
+        log.info("watching %s (%s); settle %.1fs, rescan every %.0fs", self.originals, self._watcher_kind(),
+                 self.settle, self.config.daemon.rescan)
+        try:
+            self._consume()
+        finally:
+            self.notifier.send("STOPPING=1")
+            observer.stop()
+            overflow.detach()
+            observer.join(timeout=5)
+            for thread in producers:
+                thread.join(timeout=5)
+            if health is not None:
+                health.stop()
+            self.state.recover()
+
+    def request_stop(self) -> None:
+        """Ask the daemon to finish the writes under way and return (SIGTERM, SIGINT)."""
+        self.stop.set()
+        self._wake.set()
+        self._rescan_requested.set()
+
+    def request_rescan(self) -> None:
+        """Ask for a full rescan soon (after an inotify overflow)."""
+        log.warning("filesystem events were lost: rescanning the originals")
+        self._rescan_requested.set()
+
+    def healthy(self) -> tuple[bool, str]:
+        """Return whether the daemon works (observer alive, model reachable, queue moving) and why not."""
+        if not self._observer_alive():
+            return False, "the filesystem observer stopped"
+        if self._model_error:
+            return False, f"model server: {self._model_error}"
+        return True, self._status_line()
+
+    # -- producers ---------------------------------------------------------------------------
+
+    def _watcher_kind(self) -> str:
+        return "polling" if self.config.daemon.watcher == "polling" else "inotify"
+
+    def _on_file(self, path: Path) -> None:
+        with self._events_lock:
+            self._events[path] = time.monotonic()
+
+    def _on_directory(self, path: Path) -> None:
+        with self._events_lock:
+            self._directories.add(path)
+
+    def _on_deleted(self, path: Path) -> None:
+        with self._events_lock:
+            self._events[path] = time.monotonic()
+
+    def _event_loop(self) -> None:
+        """Move watcher events into the queue every 100 ms (stat them, coalesce bursts into one transaction)."""
+        while not self.stop.wait(0.1):
+            with self._events_lock:
+                paths, self._events = list(self._events), {}
+                directories, self._directories = list(self._directories), set()
+            for directory in directories:
+                self._enqueue_tree(directory, forget_missing=False)
+            if paths:
+                self._enqueue_paths(paths, not_before=time.time() + self.settle)
+
+    def _enqueue_paths(self, paths: list[Path], not_before: float) -> None:
+        items, gone = [], []
+        for path in paths:
+            stat = Stat.of(path)
+            if stat is None:
+                gone.append(path)
+            else:
+                items.append((path, stat, not_before))
+        if gone:
+            self.state.forget(gone)
+        if items and self.state.enqueue(items):
+            self._wake.set()
+
+    def _rescan_loop(self) -> None:
+        """Rescan at start, every Daemon.Rescan (jittered by 10%), and when asked."""
+        while not self.stop.is_set():
+            try:
+                self._enqueue_tree(self.originals, forget_missing=True)
+            except CaptiondError as error:
+                log.error("rescan failed: %s", error)
+            interval = self.config.daemon.rescan * random.uniform(0.9, 1.1)
+            self._rescan_requested.wait(interval)
+            self._rescan_requested.clear()
+
+    def _enqueue_tree(self, top: Path, forget_missing: bool) -> None:
+        """Queue every new or changed photo under a folder; forget rows of vanished files (full rescans)."""
+        started = time.monotonic()
+        known = self.state.known_stats() if forget_missing else {}
+        seen: set[bytes] = set()
+        batch: list[tuple[Path, Stat, float]] = []
+        queued = 0
+        directories: set[str] = set()
+        for path in scan(top):
+            if self.stop.is_set():
+                return
+            stat = Stat.of(path)
+            if stat is None:
+                continue
+            key = os.fsencode(path)
+            seen.add(key)
+            directories.add(os.path.dirname(key).decode("utf-8", "surrogateescape"))
+            if known.get(key, (None, None, None))[:2] == (stat.size, stat.mtime_ns):
+                continue
+            batch.append((path, stat, time.time()))
+            if len(batch) >= BATCH:
+                queued += self.state.enqueue(batch)
+                batch = []
+                self._wake.set()
+        queued += self.state.enqueue(batch) if batch else 0
+        if queued:
+            self._wake.set()
+        if forget_missing:
+            self._forget_vanished(known, seen)
+            self._check_watch_limit(len(directories) + 1)
+        log.info("scanned %s: %d photos, %d queued, in %.1fs", top, len(seen), queued, time.monotonic() - started)
+
+    def _forget_vanished(self, known: dict[bytes, tuple[int, int, str]], seen: set[bytes]) -> None:
+        vanished = [key for key in known if key not in seen]
+        if not vanished:
+            return
+        if not seen or not self.originals.is_dir():
+            log.error("the originals folder %s looks empty or unmounted: keeping the state of %d files",
+                      self.originals, len(vanished))
+            return
+        self.state.forget([Path(os.fsdecode(key)) for key in vanished])
+
+    def _check_watch_limit(self, directories: int) -> None:
+        if self._watcher_kind() != "inotify":
+            return
+        limit = inotify_watch_limit()
+        if limit is not None and directories > limit:
+            log.error("the originals have %d folders but fs.inotify.max_user_watches is %d: new photos in the "
+                      "other folders are found only by rescans. Fix: echo fs.inotify.max_user_watches=%d | "
+                      "sudo tee /etc/sysctl.d/90-captiond.conf && sudo sysctl --system",
+                      directories, limit, max(524288, directories * 2))
+
+    # -- the consumer ------------------------------------------------------------------------
+
+    def _consume(self) -> None:
+        in_flight: set[concurrent.futures.Future[None]] = set()
+        with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="captiond") as executor:
+            while not self.stop.is_set():
+                self._heartbeat()
+                if self._model_error and not self._probe_model():
+                    continue
+                capacity = self.workers * 2 - len(in_flight)
+                for row in self.state.claim(capacity) if capacity > 0 else []:
+                    in_flight.add(executor.submit(self._handle, row))
+                done = {future for future in in_flight if future.done()}
+                for future in done:
+                    future.result()
+                in_flight -= done
+                self._wake.wait(self._idle_wait(in_flight))
+                self._wake.clear()
+            self._finish_in_flight(in_flight)
+
+    def _idle_wait(self, in_flight: set[concurrent.futures.Future[None]]) -> float:
+        if in_flight:
+            return 0.05
+        next_due = self.state.next_due()
+        if next_due is None:
+            return 1.0
+        return min(1.0, max(0.02, next_due - time.time()))
+
+    def _finish_in_flight(self, in_flight: set[concurrent.futures.Future[None]]) -> None:
+        """Let writes under way finish; requests still waiting for the model are abandoned and queued again."""
+        _, waiting = concurrent.futures.wait(in_flight, timeout=5)
+        if waiting:
+            log.info("stopping: abandoning %d requests to the model (they stay queued)", len(waiting))
+            self.client.close()
+            concurrent.futures.wait(waiting)
+
+    def _handle(self, row: FileState) -> None:
+        path = row.path
+        stat = Stat.of(path)
+        if stat is None:
+            self.state.forget([path])
+            return
+        age = time.time() - stat.mtime_ns / 1e9
+        if (stat.size, stat.mtime_ns) != (row.size, row.mtime_ns) or 0 <= age < self.settle:
+            self.state.postpone(path, stat, self.settle)  # still being written
+            self._wake.set()
+            return
+        try:
+            outcome = self.captioner.process(path)
+        except ModelSetupError as error:
+            self.state.retry_later(path, str(error), delay=0, count_attempt=False)
+            self._model_went_away(error)
+            return
+        self._record(row, outcome, stat)
+
+    def _record(self, row: FileState, outcome: Outcome, stat: Stat) -> None:
+        self._last_progress = time.monotonic()
+        self._model_failures, self._model_error = 0, ""
+        self.metrics.files.labels(outcome.status).inc()
+        if outcome.model_seconds:
+            self.metrics.model_seconds.observe(outcome.model_seconds)
+        name = self._relative(row.path)
+        if outcome.status != FAILED:
+            final_stat = Stat.of(row.path) if outcome.wrote_original else stat
+            self.state.finish(row.path, DONE, final_stat, outcome.reason)
+            if outcome.status == CAPTIONED:
+                log.info("captioned %s: %s", name, outcome.caption)
+            return
+        if not outcome.transient:
+            self.state.finish(row.path, STATE_FAILED, stat, outcome.reason)
+            log.error("failed %s: %s", name, outcome.reason)
+            return
+        if outcome.crashed and row.crashes + 1 >= CRASHES_BEFORE_QUARANTINE:
+            self.state.finish(row.path, QUARANTINED, stat, f"crashed the model server twice: {outcome.reason}",
+                              crashed=True)
+            log.error("quarantined %s: it crashed the model server twice (%s)", name, outcome.reason)
+            return
+        delay = min(MAX_REQUEUE_DELAY, self.config.daemon.retry.max_delay * 2 ** row.attempts)
+        delay *= random.uniform(0.8, 1.2)
+        self.state.retry_later(row.path, outcome.reason, delay, crashed=outcome.crashed)
+        self.metrics.retries.inc()
+        log.warning("will retry %s in %.0fs: %s", name, delay, outcome.reason)
+
+    def _model_went_away(self, error: ModelSetupError) -> None:
+        if not self._model_error:
+            log.error("%s; pausing until it answers again", error)
+        self._model_error = str(error)
+        self.metrics.model_up.set(0)
+
+    def _probe_model(self) -> bool:
+        """Wait a growing delay, then check the model again; return whether it is back."""
+        delay = PROBE_DELAYS[min(self._model_failures, len(PROBE_DELAYS) - 1)]
+        self._model_failures += 1
+        self.notifier.send(f"STATUS=waiting for the model server: {self._model_error}")
+        if self.stop.wait(delay):
+            return False
+        try:
+            self.client.check(retry=False)
+        except ModelSetupError as error:
+            self._model_error = str(error)
+            log.warning("model server still unavailable: %s", error)
+            return False
+        log.info("the model server answers again: resuming")
+        self._model_error, self._model_failures = "", 0
+        self.metrics.model_up.set(1)
+        return True
+
+    # -- health ------------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        counts = self.state.counts()
+        self.metrics.queue.set(counts["pending"] + counts["running"])
+        if self.notifier.watchdog_interval is None:
+            return
+        now = time.monotonic()
+        if now - self._last_notify < min(self.notifier.watchdog_interval, 5.0):
+            return
+        self._last_notify = now
+        moving = counts["pending"] == 0 or now - self._last_progress < 600 or bool(self._model_error)
+        if self._observer_alive() and moving:
+            self.notifier.send(f"WATCHDOG=1\nSTATUS={self._status_line(counts)}")
+
+    def _status_line(self, counts: dict[str, int] | None = None) -> str:
+        counts = counts or self.state.counts()
+        return (f"{counts['done']} done, {counts['pending'] + counts['running']} queued, {counts['failed']} failed, "
+                f"{counts['quarantined']} quarantined")
+
+    def _start_health_server(self) -> HealthServer | None:
+        if not self.config.daemon.listen:
+            return None
+        server = HealthServer(self.config.daemon.listen, self.metrics, self.healthy)
+        server.start()
+        log.info("serving /healthz and /metrics on http://%s", server.address)
+        return server
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.originals).as_posix()
+        except ValueError:
+            return str(path)

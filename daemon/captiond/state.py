@@ -1,0 +1,243 @@
+"""The durable queue: one SQLite database (WAL) in Daemon.StateDir with a row per photo.
+
+    pending ──claim──▶ running ──▶ done          (captioned, or rightly skipped)
+       ▲                  │──────▶ failed        (permanent: looked at again only when the file changes)
+       │                  │──────▶ quarantined   (crashed the model server twice)
+       └──── transient ───┘                      (waits next_try, attempts grow; never done)
+
+A row remembers the file's size and mtime when it was finished, so a rescan of an unchanged
+library costs one stat and one lookup per file. Paths are stored as bytes (any file name works).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import StateError
+
+PENDING, RUNNING, DONE, FAILED, QUARANTINED = "pending", "running", "done", "failed", "quarantined"
+STATES = (PENDING, RUNNING, DONE, FAILED, QUARANTINED)
+DATABASE_NAME = "captiond.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    crashes INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    next_try REAL NOT NULL DEFAULT 0,
+    updated REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS files_queue ON files (state, next_try);
+"""
+
+
+@dataclass(frozen=True)
+class FileState:
+    """One row of the state database."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    state: str
+    attempts: int = 0
+    crashes: int = 0
+    last_error: str = ""
+    next_try: float = 0.0
+    updated: float = 0.0
+
+
+@dataclass(frozen=True)
+class Stat:
+    """The size and modification time that say whether a file changed."""
+
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> Stat | None:
+        """Return a file's stat without following symlinks, or None if it is gone."""
+        try:
+            status = os.lstat(path)
+        except OSError:
+            return None
+        return cls(status.st_size, status.st_mtime_ns)
+
+
+class StateStore:
+    """The SQLite state database; safe to use from several threads (one connection, one lock)."""
+
+    def __init__(self, directory: Path, readonly: bool = False) -> None:
+        self.path = directory / DATABASE_NAME
+        self._lock = threading.RLock()
+        try:
+            if readonly:
+                self._connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
+                                                   timeout=10)
+            else:
+                directory.mkdir(parents=True, exist_ok=True)
+                self._connection = sqlite3.connect(self.path, check_same_thread=False, timeout=30,
+                                                   isolation_level=None)
+                self._connection.execute("PRAGMA journal_mode=WAL")
+                self._connection.execute("PRAGMA synchronous=NORMAL")
+                self._connection.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StateError(f"cannot open the state database {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._connection.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run several statements as one transaction (one fsync), under the lock."""
+        with self._lock:
+            try:
+                self._connection.execute("BEGIN IMMEDIATE")
+                yield self._connection
+                self._connection.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StateError(f"state database {self.path}: {exc}") from exc
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        try:
+            self._connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def _query(self, sql: str, parameters: tuple[object, ...] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._connection.execute(sql, parameters).fetchall()
+            except sqlite3.Error as exc:
+                raise StateError(f"state database {self.path}: {exc}") from exc
+
+    # -- producers ---------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Put rows left `running` by a crash back to pending; return how many."""
+        with self.transaction() as connection:
+            return connection.execute("UPDATE files SET state=? WHERE state=?", (PENDING, RUNNING)).rowcount
+
+    def lookup(self, path: Path) -> FileState | None:
+        """Return a file's row, or None."""
+        rows = self._query("SELECT * FROM files WHERE path=?", (os.fsencode(path),))
+        return _row(rows[0]) if rows else None
+
+    def known_stats(self) -> dict[bytes, tuple[int, int, str]]:
+        """Return {path: (size, mtime_ns, state)} of every row, for a rescan."""
+        return {bytes(path): (size, mtime, state)
+                for path, size, mtime, state in self._query("SELECT path, size, mtime_ns, state FROM files")}
+
+    def enqueue(self, items: list[tuple[Path, Stat, float]]) -> int:
+        """Queue files (path, stat, not before) that are new or changed; return how many were queued.
+
+        A file whose stat is unchanged keeps its row (finished, or waiting for a retry); a changed file
+        starts again from zero attempts. A running row is left alone: it is finished with the stat it
+        had when it was claimed, so a change during processing is seen by the next rescan.
+        """
+        queued = 0
+        now = time.time()
+        with self.transaction() as connection:
+            for path, stat, not_before in items:
+                key = os.fsencode(path)
+                row = connection.execute("SELECT size, mtime_ns, state FROM files WHERE path=?", (key,)).fetchone()
+                if row is not None and ((row[0], row[1]) == (stat.size, stat.mtime_ns) or row[2] == RUNNING):
+                    continue
+                connection.execute(
+                    "INSERT INTO files (path, size, mtime_ns, state, attempts, crashes, last_error, next_try, updated)"
+                    " VALUES (?, ?, ?, ?, 0, 0, '', ?, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size,"
+                    " mtime_ns=excluded.mtime_ns, state=excluded.state, attempts=0, crashes=0, last_error='',"
+                    " next_try=excluded.next_try, updated=excluded.updated",
+                    (key, stat.size, stat.mtime_ns, PENDING, not_before, now))
+                queued += 1
+        return queued
+
+    def forget(self, paths: list[Path]) -> None:
+        """Delete the rows of files that no longer exist."""
+        with self.transaction() as connection:
+            connection.executemany("DELETE FROM files WHERE path=?", [(os.fsencode(path),) for path in paths])
+
+    # -- the consumer ------------------------------------------------------------------------
+
+    def claim(self, limit: int, now: float | None = None) -> list[FileState]:
+        """Mark up to `limit` due pending rows as running and return them, oldest due first."""
+        now = time.time() if now is None else now
+        with self.transaction() as connection:
+            rows = connection.execute("SELECT * FROM files WHERE state=? AND next_try<=? ORDER BY next_try, path "
+                                      "LIMIT ?", (PENDING, now, limit)).fetchall()
+            connection.executemany("UPDATE files SET state=?, updated=? WHERE path=?",
+                                   [(RUNNING, now, row[0]) for row in rows])
+        return [_row(row) for row in rows]
+
+    def next_due(self) -> float | None:
+        """Return when the next pending row is due, or None when nothing is pending."""
+        rows = self._query("SELECT MIN(next_try) FROM files WHERE state=?", (PENDING,))
+        value = rows[0][0] if rows else None
+        return float(value) if isinstance(value, int | float) else None
+
+    def finish(self, path: Path, state: str, stat: Stat | None, reason: str = "", crashed: bool = False) -> None:
+        """Record a finished file (done, failed, quarantined) with the stat it had when finished."""
+        with self.transaction() as connection:
+            if stat is None:
+                connection.execute("DELETE FROM files WHERE path=?", (os.fsencode(path),))
+                return
+            connection.execute("UPDATE files SET state=?, size=?, mtime_ns=?, last_error=?, updated=?,"
+                               " crashes=crashes+? WHERE path=?",
+                               (state, stat.size, stat.mtime_ns, reason, time.time(), int(crashed),
+                                os.fsencode(path)))
+
+    def retry_later(self, path: Path, reason: str, delay: float, count_attempt: bool = True,
+                    crashed: bool = False) -> FileState | None:
+        """Put a file back in the queue after a transient failure; return its updated row."""
+        with self.transaction() as connection:
+            connection.execute("UPDATE files SET state=?, attempts=attempts+?, crashes=crashes+?, last_error=?,"
+                               " next_try=?, updated=? WHERE path=?",
+                               (PENDING, int(count_attempt), int(crashed), reason, time.time() + delay, time.time(),
+                                os.fsencode(path)))
+            row = connection.execute("SELECT * FROM files WHERE path=?", (os.fsencode(path),)).fetchone()
+        return _row(row) if row else None
+
+    def postpone(self, path: Path, stat: Stat, delay: float) -> None:
+        """Put a file that is still changing back in the queue with its new stat."""
+        with self.transaction() as connection:
+            connection.execute("UPDATE files SET state=?, size=?, mtime_ns=?, next_try=?, updated=? WHERE path=?",
+                               (PENDING, stat.size, stat.mtime_ns, time.time() + delay, time.time(),
+                                os.fsencode(path)))
+
+    # -- reports -----------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Return the number of rows in each state."""
+        counts = dict.fromkeys(STATES, 0)
+        for state, count in self._query("SELECT state, COUNT(*) FROM files GROUP BY state"):
+            counts[str(state)] = int(count)
+        return counts
+
+    def recent_failures(self, limit: int = 10) -> list[FileState]:
+        """Return the latest failed, quarantined or retrying rows with their reasons."""
+        rows = self._query("SELECT * FROM files WHERE state IN (?, ?) OR (state=? AND last_error!='') "
+                           "ORDER BY updated DESC LIMIT ?", (FAILED, QUARANTINED, PENDING, limit))
+        return [_row(row) for row in rows]
+
+
+def _row(row: Any) -> FileState:
+    path, size, mtime, state, attempts, crashes, last_error, next_try, updated = row
+    return FileState(Path(os.fsdecode(bytes(path))), int(size), int(mtime), str(state), int(attempts), int(crashes),
+                     str(last_error), float(next_try), float(updated))

@@ -1,0 +1,118 @@
+"""Glue to watchdog: turn filesystem events under the originals into "look at this path" calls.
+
+inotify misses things (too few watches, queue overflows, network shares), so the watcher is only
+the fast path: periodic rescans are the guarantee (see service.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from .library import is_candidate
+
+log = logging.getLogger(__name__)
+INOTIFY_LIMIT_FILE = Path("/proc/sys/fs/inotify/max_user_watches")
+
+
+class _Handler(FileSystemEventHandler):
+    """Forwards the events that matter: a photo appeared or changed, a folder arrived, a photo went away."""
+
+    def __init__(self, originals: Path, on_file: Callable[[Path], None], on_directory: Callable[[Path], None],
+                 on_deleted: Callable[[Path], None]) -> None:
+        self.originals = originals
+        self.file_appeared = on_file
+        self.directory_appeared = on_directory
+        self.file_vanished = on_deleted
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, DirCreatedEvent | DirMovedEvent):
+            target = event.dest_path if isinstance(event, DirMovedEvent) else event.src_path
+            if self._inside(target):
+                self.directory_appeared(Path(os.fsdecode(target)))
+            return
+        if isinstance(event, FileMovedEvent):
+            self._deleted(event.src_path)
+            self._file(event.dest_path)
+        elif isinstance(event, FileCreatedEvent | FileModifiedEvent | FileClosedEvent):
+            self._file(event.src_path)
+        elif isinstance(event, FileDeletedEvent):
+            self._deleted(event.src_path)
+
+    def _inside(self, raw: bytes | str) -> bool:
+        path = os.fsdecode(raw)
+        relative = os.path.relpath(path, self.originals)
+        return not relative.startswith("..") and not any(part.startswith(".") for part in Path(relative).parts)
+
+    def _file(self, raw: bytes | str) -> None:
+        path = Path(os.fsdecode(raw))
+        if is_candidate(path.name) and self._inside(raw):
+            self.file_appeared(path)
+
+    def _deleted(self, raw: bytes | str) -> None:
+        path = Path(os.fsdecode(raw))
+        if is_candidate(path.name):
+            self.file_vanished(path)
+
+
+def start_observer(originals: Path, kind: str, on_file: Callable[[Path], None],
+                   on_directory: Callable[[Path], None], on_deleted: Callable[[Path], None],
+                   poll_interval: float = 30.0) -> BaseObserver:
+    """Start watching the originals recursively (inotify, or polling for network shares); return the observer."""
+    observer: BaseObserver
+    if kind == "polling":
+        observer = PollingObserver(timeout=poll_interval)
+    else:
+        from watchdog.observers import Observer
+
+        observer = Observer()
+    observer.schedule(_Handler(originals, on_file, on_directory, on_deleted), str(originals), recursive=True)
+    observer.daemon = True
+    observer.start()
+    return observer
+
+
+def inotify_watch_limit() -> int | None:
+    """Return fs.inotify.max_user_watches, or None where it cannot be read."""
+    try:
+        return int(INOTIFY_LIMIT_FILE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+class OverflowListener(logging.Handler):
+    """Calls back when watchdog reports an inotify queue overflow (it only logs it)."""
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.on_overflow = on_overflow
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.on_overflow()
+
+    def attach(self) -> None:
+        """Listen to watchdog's inotify loggers."""
+        for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
+            logging.getLogger(name).addHandler(self)
+
+    def detach(self) -> None:
+        """Stop listening."""
+        for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
+            logging.getLogger(name).removeHandler(self)
