@@ -1,8 +1,8 @@
 """`captiond watch`: two producers (rescans and the watcher) feed the state queue; one consumer captions.
 
-    rescan (start, every Daemon.Rescan, after an inotify overflow) ──┐
-                                                                     ├─▶ StateStore (SQLite) ─▶ consumer ─▶ Captioner.process
-    watcher events (created, closed, moved in, folders moved in) ────┘
+    rescan (at start, every Daemon.Rescan, after an overflow) ──┐
+                                                                ├─▶ StateStore (SQLite) ─▶ consumer ─▶ Captioner.process
+    watcher events (created, closed, moved in, folders) ────────┘
 
 A file is processed once its size and mtime have stayed the same for Daemon.Settle. Transient
 failures go back to the queue with growing delays, forever; while the model server is down the
@@ -26,7 +26,8 @@ from .health import HealthServer, Metrics, SystemdNotifier
 from .library import scan
 from .model import ModelClient
 from .pipeline import CAPTIONED, FAILED, Captioner, Outcome
-from .state import DONE, FAILED as STATE_FAILED, QUARANTINED, FileState, Stat, StateStore
+from .state import DONE, QUARANTINED, FileState, Stat, StateStore
+from .state import FAILED as STATE_FAILED
 from .watcher import OverflowListener, inotify_watch_limit, start_observer
 
 log = logging.getLogger(__name__)

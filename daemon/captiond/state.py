@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,10 +116,8 @@ class StateStore:
                 raise
 
     def _rollback(self) -> None:
-        try:
+        with suppress(sqlite3.Error):
             self._connection.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
 
     def _query(self, sql: str, parameters: tuple[object, ...] = ()) -> list[Any]:
         with self._lock:
