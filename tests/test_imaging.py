@@ -78,15 +78,14 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def write_bilevel_png(path: Path, width: int, height: int) -> Path:
-    """Write a valid all-black 1-bit PNG of any size without ever holding its pixels in memory."""
+def bilevel_png(width: int, height: int) -> bytes:
+    """Return a valid all-black 1-bit PNG of any size, made without ever holding its pixels in memory."""
     row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed pixels
     compressor = zlib.compressobj(9)
     idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat)
-                     + png_chunk(b"IEND", b""))
-    return path
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat)
+            + png_chunk(b"IEND", b""))
 
 
 def write_big_camera_jpeg(path: Path, size: tuple[int, int] = (6000, 4000)) -> Path:
@@ -250,49 +249,23 @@ def test_an_empty_raw_preview_is_an_image_error() -> None:
 # ------------------------------------------------------------------------------ bad files
 
 
-def make_empty(tmp_path: Path) -> Path:
-    path = tmp_path / "empty.jpg"
-    path.write_bytes(b"")
-    return path
+BAD_FILES: dict[str, tuple[str, Callable[[], bytes], str]] = {
+    "empty": ("empty.jpg", lambda: b"", r"empty"),
+    "truncated": ("truncated.jpg", lambda: (ORIENTATION / "landscape_3.jpg").read_bytes()[:20_000], r"truncated"),
+    "text": ("notes.jpg", lambda: b"Shopping list: bread, milk, a new lens cap.\n", r"not an image"),
+    "random": ("noise.jpg", lambda: random.Random(1234).randbytes(50_000), r"not an image|corrupt|unsupported"),
+    # 300 MP in a few kB on disk: a decompression bomb.
+    "bomb": ("bomb.png", lambda: bilevel_png(20_000, 15_000), r"bomb|too large"),
+    # 121 MP: PNG has no reduced decoding, so this would take gigabytes of memory.
+    "too-large-png": ("poster.png", lambda: bilevel_png(11_000, 11_000), r"bomb|too large"),
+}
 
 
-def make_truncated(tmp_path: Path) -> Path:
-    path = tmp_path / "truncated.jpg"
-    path.write_bytes((FIXTURES / "orientation" / "landscape_3.jpg").read_bytes()[:20_000])
-    return path
-
-
-def make_text(tmp_path: Path) -> Path:
-    path = tmp_path / "notes.jpg"
-    path.write_text("Shopping list: bread, milk, a new lens cap.\n")
-    return path
-
-
-def make_random(tmp_path: Path) -> Path:
-    path = tmp_path / "noise.jpg"
-    path.write_bytes(random.Random(1234).randbytes(50_000))
-    return path
-
-
-def make_bomb(tmp_path: Path) -> Path:
-    return write_bilevel_png(tmp_path / "bomb.png", 20_000, 15_000)  # 300 MP, a few kB on disk
-
-
-def make_too_large_png(tmp_path: Path) -> Path:
-    return write_bilevel_png(tmp_path / "poster.png", 11_000, 11_000)  # 121 MP: no reduced decoding for PNG
-
-
-@pytest.mark.parametrize(("make", "reason"), [
-    (make_empty, r"empty"),
-    (make_truncated, r"truncated"),
-    (make_text, r"not an image"),
-    (make_random, r"not an image|corrupt|unsupported"),
-    (make_bomb, r"bomb|too large"),
-    (make_too_large_png, r"bomb|too large"),
-], ids=["empty", "truncated", "text", "random", "bomb", "too-large-png"])
-def test_a_bad_file_raises_an_image_error_naming_the_file_and_the_reason(
-        tmp_path: Path, make: Callable[[Path], Path], reason: str) -> None:
-    path = make(tmp_path)
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_a_bad_file_raises_an_image_error_naming_the_file_and_the_reason(tmp_path: Path, kind: str) -> None:
+    name, content, reason = BAD_FILES[kind]
+    path = tmp_path / name
+    path.write_bytes(content())
 
     with pytest.raises(ImageError) as caught:
         prepare_file(path, 720)

@@ -11,16 +11,8 @@ from typing import Any
 
 import pytest
 
+from captiond import errors
 from captiond.config import parse_config
-from captiond.errors import (
-    AnswerError,
-    CaptiondError,
-    ModelCannotSee,
-    ModelNotFound,
-    ModelSetupError,
-    ServerUnreachable,
-    TransientModelError,
-)
 from captiond.model import ModelClient
 from emulator import (
     BUSY,
@@ -80,9 +72,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-# ------------------------------------------------------------------------------ answers and request bodies
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
@@ -168,14 +157,11 @@ def test_the_key_is_sent_as_a_bearer_token(connect: Connect, path: str) -> None:
 def test_a_wrong_key_stops_the_run_without_retrying(connect: Connect, path: str) -> None:
     with OllamaEmulator(api_key="s3cret-token") as server:
         client = connect(server.url + path, key="wrong")
-        with pytest.raises(ModelSetupError, match="Key"):
+        with pytest.raises(errors.ModelSetupError, match="Key"):
             client.describe(JPEG, PROMPT, "")
         assert len(server.generation_requests()) == 1
-        with pytest.raises(ModelSetupError, match="Key"):
+        with pytest.raises(errors.ModelSetupError, match="Key"):
             client.check()
-
-
-# ------------------------------------------------------------------------------ check()
 
 
 @pytest.mark.parametrize("path", API_PATHS)
@@ -183,20 +169,19 @@ def test_check_accepts_a_vision_model(emulator: OllamaEmulator, connect: Connect
     connect(emulator.url + path).check()
 
 
-def test_check_names_the_pull_command_for_a_missing_model(emulator: OllamaEmulator, connect: Connect) -> None:
-    with pytest.raises(ModelNotFound, match=r"run `ollama pull gemma9:27b`"):
-        connect(emulator.url + "/api/generate", model="gemma9:27b").check()
+@pytest.mark.parametrize("call", ["check", "describe"])
+def test_a_missing_model_is_reported_with_the_pull_command(emulator: OllamaEmulator, connect: Connect,
+                                                           call: str) -> None:
+    client = connect(emulator.url + "/api/generate", model="gemma9:27b")
 
+    with pytest.raises(errors.ModelNotFound, match=r"run `ollama pull gemma9:27b`"):
+        client.check() if call == "check" else client.describe(JPEG, PROMPT, "")
 
-def test_a_model_removed_during_a_run_is_reported_with_the_pull_command(
-        emulator: OllamaEmulator, connect: Connect) -> None:
-    with pytest.raises(ModelNotFound, match=r"ollama pull gemma9:27b"):
-        connect(emulator.url + "/api/generate", model="gemma9:27b").describe(JPEG, PROMPT, "")
-    assert len(emulator.generation_requests()) == 1
+    assert len(emulator.generation_requests()) == (call == "describe")
 
 
 def test_check_refuses_a_model_that_cannot_see(emulator: OllamaEmulator, connect: Connect) -> None:
-    with pytest.raises(ModelCannotSee, match="llama3.2:1b"):
+    with pytest.raises(errors.ModelCannotSee, match="llama3.2:1b"):
         connect(emulator.url + "/api/generate", model="llama3.2:1b").check()
 
 
@@ -206,7 +191,7 @@ def test_nothing_listening_is_server_unreachable_naming_the_uri(connect: Connect
     client = connect(uri)
     started = time.monotonic()
 
-    with pytest.raises(ServerUnreachable) as caught:
+    with pytest.raises(errors.ServerUnreachable) as caught:
         client.check() if call == "check" else client.describe(JPEG, PROMPT, "")
 
     assert uri in str(caught.value) or uri.rsplit("/api", 1)[0] in str(caught.value)
@@ -216,13 +201,10 @@ def test_nothing_listening_is_server_unreachable_naming_the_uri(connect: Connect
 def test_an_unreachable_uri_is_named_without_its_password(connect: Connect) -> None:
     client = connect(f"http://captiond:hunter2@127.0.0.1:{free_port()}/api/generate")
 
-    with pytest.raises(ServerUnreachable) as caught:
+    with pytest.raises(errors.ServerUnreachable) as caught:
         client.check()
 
     assert "hunter2" not in str(caught.value) and "***" in str(caught.value)
-
-
-# ------------------------------------------------------------------------------ retries
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
@@ -261,19 +243,15 @@ def test_retry_after_is_honoured(emulator: OllamaEmulator, connect: Connect, max
     assert 0.9 <= second.time - first.time < 5
 
 
-def test_a_bad_request_is_not_retried(emulator: OllamaEmulator, connect: Connect) -> None:
-    emulator.enqueue(Status(400, "illegal base64 data at input byte 0"))
+@pytest.mark.parametrize(("fault", "error", "message"), [
+    (Status(400, "illegal base64 data at input byte 0"), errors.AnswerError, "illegal base64 data"),
+    (OUT_OF_MEMORY, errors.ModelSetupError, "more system memory"),
+], ids=["bad-request", "out-of-memory"])
+def test_a_permanent_failure_is_not_retried(emulator: OllamaEmulator, connect: Connect, fault: Behaviour,
+                                            error: type[Exception], message: str) -> None:
+    emulator.enqueue(fault)
 
-    with pytest.raises(AnswerError, match="illegal base64 data"):
-        connect(emulator.url + "/api/generate").describe(JPEG, PROMPT, "")
-
-    assert len(emulator.generation_requests()) == 1
-
-
-def test_out_of_memory_stops_the_run_without_retrying(emulator: OllamaEmulator, connect: Connect) -> None:
-    emulator.enqueue(OUT_OF_MEMORY)
-
-    with pytest.raises(ModelSetupError, match="more system memory"):
+    with pytest.raises(error, match=message):
         connect(emulator.url + "/api/generate").describe(JPEG, PROMPT, "")
 
     assert len(emulator.generation_requests()) == 1
@@ -284,39 +262,27 @@ def test_a_server_that_stays_busy_fails_after_exactly_the_attempts(emulator: Oll
                                                                    path: str) -> None:
     emulator.default_behaviour = BUSY
 
-    with pytest.raises(TransientModelError) as caught:
+    with pytest.raises(errors.TransientModelError) as caught:
         connect(emulator.url + path).describe(JPEG, PROMPT, "")
 
     assert caught.value.transient
     assert len(emulator.generation_requests()) == FAST_RETRY["Attempts"]
 
 
-# ------------------------------------------------------------------------------ bounds
-
-
-@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
-def test_a_hanging_server_fails_at_the_deadline(emulator: OllamaEmulator, connect: Connect, stream: bool) -> None:
-    emulator.default_behaviour = Hang(60)
-    client = connect(emulator.url + "/api/generate", stream=stream, Timeout=0.5)
-    started = time.monotonic()
-
-    with pytest.raises(TransientModelError):
-        client.describe(JPEG, PROMPT, "")
-
-    assert time.monotonic() - started < 8
-    assert len(emulator.generation_requests()) == FAST_RETRY["Attempts"]
-
-
+@pytest.mark.parametrize(("fault", "stream"), [(Hang(60), True), (Hang(60), False), (Endless(interval=0.01), True)],
+                         ids=["hang-streamed", "hang-whole", "endless-trickle"])
 @pytest.mark.parametrize("path", API_PATHS)
-def test_an_endless_stream_stops_at_the_deadline(emulator: OllamaEmulator, connect: Connect, path: str) -> None:
-    emulator.default_behaviour = Endless(interval=0.01)
-    client = connect(emulator.url + path, Timeout=0.5)
+def test_a_hanging_or_endless_answer_fails_at_the_deadline(emulator: OllamaEmulator, connect: Connect,
+                                                           fault: Behaviour, stream: bool, path: str) -> None:
+    emulator.default_behaviour = fault
+    client = connect(emulator.url + path, stream=stream, Timeout=0.5)
     started = time.monotonic()
 
-    with pytest.raises(TransientModelError):
+    with pytest.raises(errors.TransientModelError):
         client.describe(JPEG, PROMPT, "")
 
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 8, "three attempts of 0.5 s each"
+    assert len(emulator.generation_requests()) == FAST_RETRY["Attempts"]
 
 
 def test_an_endless_stream_stops_at_the_size_cap(emulator: OllamaEmulator, connect: Connect) -> None:
@@ -324,7 +290,7 @@ def test_an_endless_stream_stops_at_the_size_cap(emulator: OllamaEmulator, conne
     client = connect(emulator.url + "/api/chat", Timeout=120, MaxAnswerBytes=20_000)
     started = time.monotonic()
 
-    with pytest.raises(TransientModelError, match="20000 bytes"):
+    with pytest.raises(errors.TransientModelError, match="20000 bytes"):
         client.describe(JPEG, PROMPT, "")
 
     assert time.monotonic() - started < 20
@@ -342,9 +308,6 @@ def test_an_answer_only_in_thinking_is_used(emulator: OllamaEmulator, connect: C
     assert answer.best_text == "A dog sleeps on a red sofa."
 
 
-# ------------------------------------------------------------------------------ no httpx leaks
-
-
 @pytest.mark.parametrize("fault", [
     BUSY, RUNNER_CRASHED, OUT_OF_MEMORY, RATE_LIMITED, Status(400, "bad"), Status(401, "unauthorized"),
     Status(404, "model 'x' not found"), Status(502, "bad gateway"), Drop(), CutStream(), Garbage(),
@@ -357,7 +320,7 @@ def test_every_failure_is_a_captiond_error(emulator: OllamaEmulator, connect: Co
     emulator.default_behaviour = fault
     client = connect(emulator.url + path, stream=stream, Timeout=0.5, retry={"MaxDelay": 0.05})
 
-    with pytest.raises(CaptiondError) as caught:
+    with pytest.raises(errors.CaptiondError) as caught:
         client.describe(JPEG, PROMPT, "")
 
     assert "httpx" not in type(caught.value).__module__

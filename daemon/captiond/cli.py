@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -17,13 +18,15 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config, ModelConfig, find_config_file, load_config
-from .errors import CaptiondError, ConfigError, UsageError
+from .errors import CaptiondError, ConfigError, ModelSetupError, UsageError
 from .library import parse_filter, scan
 from .metadata import Exiftool
 from .model import ModelClient
 from .pipeline import CAPTIONED, FAILED, SKIPPED, WOULD_CAPTION, Captioner, Outcome, RunOptions, run_pipeline
 from .progress import Progress
+from .service import WatchService
 from .sources import PRIORITIES, WRITABLE_SOURCES, resolve_source
+from .state import DATABASE_NAME, StateStore
 
 log = logging.getLogger("captiond")
 
@@ -34,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
     parser = build_parser()
     arguments = parser.parse_args(argv)
-    setup_logging(arguments.verbose, arguments.quiet)
+    setup_logging(arguments.verbose, arguments.quiet, getattr(arguments, "log_format", "text"))
     try:
         return int(arguments.handler(arguments))
     except ConfigError as error:
@@ -90,14 +93,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     sources = commands.add_parser("sources", parents=[common], help="show the source priority table")
     sources.set_defaults(handler=command_sources)
+
+    watch = commands.add_parser("watch", parents=[common], help="run as a daemon: caption new photos as they arrive",
+                                description="Queue every photo that `captiond run` would caption, then watch the "
+                                "originals and caption each new or changed photo once it is completely written. "
+                                "Progress survives restarts (Daemon.StateDir). Stops cleanly on SIGTERM or SIGINT.")
+    watch.add_argument("--originals", "-o", metavar="DIR", help="the originals folder (overrides Daemon.Originals)")
+    watch.add_argument("--state-dir", metavar="DIR", help="where the state database lives (overrides Daemon.StateDir)")
+    watch.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON")
+    watch.set_defaults(handler=command_watch)
+
+    status = commands.add_parser("status", parents=[common], help="show the daemon's queue, failures and model server",
+                                 description="Read the state database (also while the daemon runs).")
+    status.add_argument("--state-dir", metavar="DIR", help="where the state database lives (overrides Daemon.StateDir)")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=command_status)
     return parser
 
 
-def setup_logging(verbose: bool, quiet: bool) -> None:
-    """Log readable lines to stderr."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line (time, level, logger, message)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(verbose: bool, quiet: bool, log_format: str = "text") -> None:
+    """Log readable lines (or JSON lines) to stderr."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler])
     for noisy in ("httpx", "httpcore", "exiftool", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -244,6 +275,83 @@ def _model_row(config: Config, model: ModelConfig) -> dict[str, object]:
         "resolution": model.resolution, "options": dict(model.options), "status": status,
         "key": "set" if service.key else "", "think": service.think, "stream": service.stream,
     }
+
+
+def command_watch(arguments: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM or SIGINT; return 0 after a clean stop."""
+    config = load(arguments).with_daemon(
+        originals=Path(arguments.originals) if arguments.originals else None,
+        state_dir=Path(arguments.state_dir) if arguments.state_dir else None)
+    originals = config.daemon.originals
+    if originals is None:
+        raise UsageError("no originals folder: pass --originals DIR or set Daemon.Originals in vision.yml")
+    if not originals.is_dir():
+        raise UsageError(f"originals folder not found: {originals}")
+    model = _caption_model(config, "caption")
+    options = RunOptions(resolve_source("auto", model.service.request_format))
+    client = ModelClient(model, config.daemon)
+    state = StateStore(config.daemon.state_dir)
+    try:
+        with Exiftool() as exiftool:
+            service = WatchService(config, Captioner(config, model, client, exiftool, options), client, state)
+            for signal_number in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signal_number, lambda number, frame: service.request_stop())
+            try:
+                client.check(retry=False)
+                log.info("using %s on %s; state in %s", model.model_id, client.uri, state.path)
+            except ModelSetupError as error:
+                service.model_unavailable(error)
+            service.run()
+    finally:
+        client.close()
+        state.close()
+    log.info("stopped")
+    return EXIT_OK
+
+
+def command_status(arguments: argparse.Namespace) -> int:
+    """Print the state database's counts, the latest failures and whether the model server answers."""
+    config = load(arguments).with_daemon(state_dir=Path(arguments.state_dir) if arguments.state_dir else None)
+    database = config.daemon.state_dir / DATABASE_NAME
+    if not database.exists():
+        raise UsageError(f"no state database at {database}: `captiond watch` has not run with this StateDir yet")
+    state = StateStore(config.daemon.state_dir, readonly=True)
+    try:
+        counts, failures, next_due = state.counts(), state.recent_failures(10), state.next_due()
+    finally:
+        state.close()
+    model = config.model("caption")
+    reachable = "no caption model configured"
+    if model is not None and model.usable:
+        client = ModelClient(model, config.daemon)
+        try:
+            client.check(retry=False)
+            reachable = f"{model.model_id} on {client.uri}: ok"
+        except CaptiondError as error:
+            reachable = str(error)
+        finally:
+            client.close()
+    report = {
+        "database": str(database), "counts": counts, "queue": counts["pending"] + counts["running"],
+        "next_due_in_seconds": None if next_due is None else max(0.0, round(next_due - time.time(), 1)),
+        "model": reachable,
+        "failures": [{"path": str(row.path), "state": row.state, "attempts": row.attempts, "reason": row.last_error}
+                     for row in failures],
+    }
+    if arguments.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(f"state:  {database}")
+    print("files:  " + ", ".join(f"{count} {state_name}" for state_name, count in counts.items()))
+    due = "" if next_due is None else f" (next due in {report['next_due_in_seconds']}s)"
+    print(f"queue:  {report['queue']}{due}")
+    print(f"model:  {reachable}")
+    if failures:
+        print("latest failures:")
+        for row in failures:
+            retry = f", attempt {row.attempts}, will retry" if row.state == "pending" else ""
+            print(f"  {row.state:<11} {row.path}: {row.last_error}{retry}")
+    return EXIT_OK
 
 
 def command_sources(arguments: argparse.Namespace) -> int:

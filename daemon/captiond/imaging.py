@@ -105,6 +105,7 @@ def _prepare(stream: io.BufferedReader | io.BytesIO, resolution: int, orientatio
     except (OSError, SyntaxError, ValueError, IndexError, TypeError, EOFError, MemoryError) as exc:
         # Pillow reports truncated and corrupt data with any of these.
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
+    small.info = {}  # Pillow would copy a comment (often a caption or an address) into the JPEG
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return PreparedImage(buffer.getvalue(), small.width, small.height, original_width, original_height)

@@ -19,8 +19,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -196,6 +198,10 @@ class Exiftool:
         self._links = tempfile.TemporaryDirectory(prefix="captiond-links-")
 
     def __enter__(self) -> Exiftool:
+        # Start now, from the calling (main) thread: pyexiftool ties exiftool's life to the starting
+        # thread (PR_SET_PDEATHSIG), and a worker thread may end before the program does.
+        with self._lock:
+            self._process = self._start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -205,7 +211,8 @@ class Exiftool:
         """Stop the exiftool process (waits for the current command)."""
         with self._lock:
             if self._process is not None and self._process.running:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
                     self._process.terminate()
             self._process = None
         self._links.cleanup()
@@ -217,10 +224,17 @@ class Exiftool:
         config = resources.files("captiond") / "exiftool.config"
         process = exiftool.ExifTool(executable=executable, common_args=["-G1", "-n"],
                                     config_file=str(config), encoding="utf-8")
+        # exiftool inherits an ignored SIGINT, so a Ctrl-C (sent to the whole process group) reaches
+        # only captiond, which then stops exiftool itself after the write under way.
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
         try:
             process.run()
-        except (ExifToolException, OSError) as exc:
+        except (ExifToolException, OSError, RuntimeError) as exc:
             raise ExiftoolError(f"cannot start exiftool: {exc}") from exc
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous)
         return process
 
     def run(self, *arguments: str | bytes, raw: bool = False) -> tuple[int, str | bytes, str]:

@@ -271,7 +271,8 @@ class _Backoff:
         error = state.outcome.exception() if state.outcome else None
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
-            return float(min(retry_after, self.policy.max_delay))
+            # The server's word is the minimum wait; only the whole retry budget bounds it.
+            return float(min(retry_after, self.policy.total))
         ceiling = min(self.policy.max_delay, self.policy.delay * 2 ** (state.attempt_number - 1))
         return random.uniform(ceiling / 2, ceiling)
 

@@ -65,11 +65,14 @@ class Captioner:
         self._count_lock = threading.Lock()
         self._claimed = 0
 
-    def process(self, path: Path) -> Outcome:
-        """Caption one file if the rules allow it; return what happened (raises only ModelSetupError)."""
+    def process(self, path: Path, photo_changed: bool = False) -> Outcome:
+        """Caption one file if the rules allow it; return what happened (raises only ModelSetupError).
+
+        `photo_changed` says the photo was replaced since we captioned it: our own caption is renewed.
+        """
         try:
             metadata = self.exiftool.read(path, self.config.daemon.sidecar_name)
-            decision = decide(current_caption(metadata), self.options.source, self.options.force)
+            decision = decide(current_caption(metadata), self.options.source, self.options.force, photo_changed)
             if not decision.caption:
                 return Outcome(path, SKIPPED, decision.reason)
             if not self._claim():

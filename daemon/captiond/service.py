@@ -269,10 +269,10 @@ class WatchService:
             self._wake.set()
             return
         try:
-            outcome = self.captioner.process(path)
+            outcome = self.captioner.process(path, photo_changed=row.changed)
         except ModelSetupError as error:
             self.state.retry_later(path, str(error), delay=0, count_attempt=False)
-            self._model_went_away(error)
+            self.model_unavailable(error)
             return
         self._record(row, outcome, stat)
 
@@ -304,7 +304,8 @@ class WatchService:
         self.metrics.retries.inc()
         log.warning("will retry %s in %.0fs: %s", name, delay, outcome.reason)
 
-    def _model_went_away(self, error: ModelSetupError) -> None:
+    def model_unavailable(self, error: ModelSetupError) -> None:
+        """Pause the consumer until the model server answers again (probed with growing delays)."""
         if not self._model_error:
             log.error("%s; pausing until it answers again", error)
         self._model_error = str(error)

@@ -101,15 +101,19 @@ def resolve_source(requested: str, engine: str) -> str:
     return requested
 
 
-def decide(current: CurrentCaption, source: str, force: bool) -> Decision:
+def decide(current: CurrentCaption, source: str, force: bool, photo_changed: bool = False) -> Decision:
     """Decide whether to generate a caption written with `source`, following PhotoPrism's --force rule.
 
     A caption is generated when there is none, or with force when priority(source) >= priority(current).
+    `photo_changed` (the daemon saw the photo replaced since it captioned it) renews a caption of the
+    same source only: a person's caption is never touched without force.
     """
     existing = current_source(current)
     if not existing:
         reason = "no caption" if not current.text.strip() else "camera boilerplate caption"
         return Decision(True, reason)
+    if photo_changed and existing == source:
+        return Decision(True, "the photo changed since it was captioned", existing)
     if not force:
         if existing == source:
             return Decision(False, f"already captioned ({existing})", existing)

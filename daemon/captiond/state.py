@@ -11,6 +11,7 @@ library costs one stat and one lookup per file. Paths are stored as bytes (any f
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import threading
@@ -37,7 +38,8 @@ CREATE TABLE IF NOT EXISTS files (
     crashes INTEGER NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT '',
     next_try REAL NOT NULL DEFAULT 0,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    changed INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_queue ON files (state, next_try);
 """
@@ -56,6 +58,7 @@ class FileState:
     last_error: str = ""
     next_try: float = 0.0
     updated: float = 0.0
+    changed: bool = False  # the photo changed after it was done: our own caption is renewed
 
 
 @dataclass(frozen=True)
@@ -155,15 +158,17 @@ class StateStore:
         with self.transaction() as connection:
             for path, stat, not_before in items:
                 key = os.fsencode(path)
-                row = connection.execute("SELECT size, mtime_ns, state FROM files WHERE path=?", (key,)).fetchone()
+                row = connection.execute("SELECT size, mtime_ns, state, changed FROM files WHERE path=?",
+                                         (key,)).fetchone()
                 if row is not None and ((row[0], row[1]) == (stat.size, stat.mtime_ns) or row[2] == RUNNING):
                     continue
+                changed = row is not None and (row[2] == DONE or row[3])
                 connection.execute(
-                    "INSERT INTO files (path, size, mtime_ns, state, attempts, crashes, last_error, next_try, updated)"
-                    " VALUES (?, ?, ?, ?, 0, 0, '', ?, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size,"
-                    " mtime_ns=excluded.mtime_ns, state=excluded.state, attempts=0, crashes=0, last_error='',"
-                    " next_try=excluded.next_try, updated=excluded.updated",
-                    (key, stat.size, stat.mtime_ns, PENDING, not_before, now))
+                    "INSERT INTO files (path, size, mtime_ns, state, attempts, crashes, last_error, next_try, updated,"
+                    " changed) VALUES (?, ?, ?, ?, 0, 0, '', ?, ?, ?) ON CONFLICT(path) DO UPDATE SET"
+                    " size=excluded.size, mtime_ns=excluded.mtime_ns, state=excluded.state, attempts=0, crashes=0,"
+                    " last_error='', next_try=excluded.next_try, updated=excluded.updated, changed=excluded.changed",
+                    (key, stat.size, stat.mtime_ns, PENDING, not_before, now, int(changed)))
                 queued += 1
         return queued
 
@@ -182,7 +187,7 @@ class StateStore:
                                       "LIMIT ?", (PENDING, now, limit)).fetchall()
             connection.executemany("UPDATE files SET state=?, updated=? WHERE path=?",
                                    [(RUNNING, now, row[0]) for row in rows])
-        return [_row(row) for row in rows]
+        return [dataclasses.replace(_row(row), state=RUNNING) for row in rows]
 
     def next_due(self) -> float | None:
         """Return when the next pending row is due, or None when nothing is pending."""
@@ -197,7 +202,7 @@ class StateStore:
                 connection.execute("DELETE FROM files WHERE path=?", (os.fsencode(path),))
                 return
             connection.execute("UPDATE files SET state=?, size=?, mtime_ns=?, last_error=?, updated=?,"
-                               " crashes=crashes+? WHERE path=?",
+                               " crashes=crashes+?, changed=0 WHERE path=?",
                                (state, stat.size, stat.mtime_ns, reason, time.time(), int(crashed),
                                 os.fsencode(path)))
 
@@ -236,6 +241,6 @@ class StateStore:
 
 
 def _row(row: Any) -> FileState:
-    path, size, mtime, state, attempts, crashes, last_error, next_try, updated = row
+    path, size, mtime, state, attempts, crashes, last_error, next_try, updated, changed = row
     return FileState(Path(os.fsdecode(bytes(path))), int(size), int(mtime), str(state), int(attempts), int(crashes),
-                     str(last_error), float(next_try), float(updated))
+                     str(last_error), float(next_try), float(updated), bool(changed))
