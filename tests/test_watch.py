@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -214,3 +217,37 @@ def test_watch_refuses_a_missing_originals_folder(tmp_path: Path, emulator: Olla
                           tmp_path / "not-mounted")
     assert result.exit_code == 2
     assert "originals folder not found" in result.stderr
+
+
+def test_systemd_notifications_and_json_logs(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
+    photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    address = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(address))
+    listener.settimeout(0.2)
+    environment = {**os.environ, "PYTHONPATH": str(SOURCE_ROOT), "NOTIFY_SOCKET": str(address),
+                   "WATCHDOG_USEC": "1000000"}
+    process = subprocess.Popen([sys.executable, "-m", "captiond", "watch", "--config",
+                                str(config_for(tmp_path, emulator.url)), "--originals", str(originals),
+                                "--log-format", "json"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               env=environment, text=True)
+    messages: list[str] = []
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any("WATCHDOG=1" in message and "1 done" in message
+                                                      for message in messages):
+            with contextlib.suppress(TimeoutError):
+                messages.append(listener.recv(4096).decode())
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=20)
+    finally:
+        listener.close()
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert messages[0].startswith("READY=1")
+    assert any(message.startswith("WATCHDOG=1\nSTATUS=1 done, 0 queued") for message in messages)
+    assert sidecar_caption(photo)
+    records = [json.loads(line) for line in errors.splitlines() if line.startswith("{")]
+    assert any(record["message"].startswith("captioned Canon_PowerShot_S40.jpg") for record in records)
+    assert all({"time", "level", "logger", "message"} <= set(record) for record in records)

@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "Progress survives restarts (Daemon.StateDir). Stops cleanly on SIGTERM or SIGINT.")
     watch.add_argument("--originals", "-o", metavar="DIR", help="the originals folder (overrides Daemon.Originals)")
     watch.add_argument("--state-dir", metavar="DIR", help="where the state database lives (overrides Daemon.StateDir)")
+    watch.add_argument("--listen", metavar="HOST:PORT", help="serve /healthz and /metrics (overrides Daemon.Listen)")
     watch.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON")
     watch.set_defaults(handler=command_watch)
 
@@ -281,7 +282,7 @@ def command_watch(arguments: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT; return 0 after a clean stop."""
     config = load(arguments).with_daemon(
         originals=Path(arguments.originals) if arguments.originals else None,
-        state_dir=Path(arguments.state_dir) if arguments.state_dir else None)
+        state_dir=Path(arguments.state_dir) if arguments.state_dir else None, listen=arguments.listen)
     originals = config.daemon.originals
     if originals is None:
         raise UsageError("no originals folder: pass --originals DIR or set Daemon.Originals in vision.yml")

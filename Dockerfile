@@ -1,0 +1,30 @@
+# captiond as a container beside PhotoPrism and Ollama (see compose.yaml and README.md, "Docker").
+FROM python:3.12-slim-bookworm
+
+# exiftool from Debian; tini reaps exiftool children and forwards signals; gosu drops root.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libimage-exiftool-perl tini gosu \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/captiond
+COPY pyproject.toml README.md vision.yml.example ./
+COPY daemon ./daemon
+RUN pip install --no-cache-dir . && mkdir -p /config /state
+COPY docker/entrypoint.sh /usr/local/bin/captiond-entrypoint
+
+# PUID/PGID: the owner of the photo library, so sidecars are written as that user.
+ENV PUID=1000 \
+    PGID=1000 \
+    CAPTIOND_CONFIG=/config/vision.yml \
+    STATE_DIRECTORY=/state \
+    OLLAMA_BASE_URL=http://ollama:11434 \
+    PYTHONUNBUFFERED=1
+
+VOLUME ["/state"]
+EXPOSE 9780
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9780/healthz', timeout=4)"
+
+ENTRYPOINT ["/usr/bin/tini", "--", "captiond-entrypoint"]
+CMD ["captiond", "watch", "--originals", "/photoprism/originals", "--listen", "0.0.0.0:9780"]
