@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from conftest import (
@@ -334,3 +335,17 @@ def _sidecar(description: str) -> str:
             "<rdf:Description rdf:about='' xmlns:dc='http://purl.org/dc/elements/1.1/'><dc:description><rdf:Alt>"
             f"<rdf:li xml:lang='x-default'>{description}</rdf:li></rdf:Alt></dc:description></rdf:Description>"
             "</rdf:RDF></x:xmpmeta>\n<?xpacket end='w'?>")
+
+
+def test_report_file_holds_the_summary_as_json(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
+    add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    add_fixture(originals, "no_exif.jpg")
+    (originals / "empty.jpg").write_bytes(b"")
+    report = tmp_path / "report.json"
+    result = run(write_config(tmp_path, emulator.url), originals, "--report", str(report))
+    assert result.exit_code == 1
+    data = json.loads(report.read_text())
+    assert (data["captioned"], data["skipped"], data["failed"]) == (1, 1, 1)
+    assert data["skipped_reasons"] == {"has a caption from meta": 1}
+    assert data["failures"] == [{"path": "empty.jpg", "reason": "empty file (0 bytes)", "transient": False}]
+    assert set(data["stages_ms"]) == {"read", "decode", "encode", "request", "write"}

@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--count", "-n", type=_positive_int, metavar="N", help="caption at most N files")
     run.add_argument("--originals", "-o", metavar="DIR", help="the originals folder (overrides Daemon.Originals)")
     run.add_argument("--write", choices=("sidecar", "embedded"), help="where captions go (overrides Daemon.Write)")
+    run.add_argument("--report", metavar="FILE", help="also write the summary as JSON (counts, reasons, seconds, "
+                     "mean milliseconds per stage)")
     run.add_argument("--parallel", "-p", type=_positive_int, metavar="N",
                      help="requests in flight at once (overrides Daemon.Parallel; match OLLAMA_NUM_PARALLEL)")
     run.set_defaults(handler=command_run)
@@ -171,6 +173,8 @@ def command_run(arguments: argparse.Namespace) -> int:
                     run_pipeline(captioner, paths, record)
                 finally:
                     summary.print(sys.stdout)
+                    if arguments.report:
+                        Path(arguments.report).write_text(json.dumps(summary.as_dict(), indent=2))
     finally:
         if client is not None:
             client.close()
@@ -200,6 +204,7 @@ class Summary:
         self.counts: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.failures: list[Outcome] = []
+        self.stage_seconds: Counter[str] = Counter()
 
     @property
     def failed(self) -> int:
@@ -209,6 +214,7 @@ class Summary:
     def add(self, outcome: Outcome) -> None:
         """Count one outcome and log it."""
         self.counts[outcome.status] += 1
+        self.stage_seconds.update(outcome.stages)
         name = self._relative(outcome.path)
         if outcome.status == CAPTIONED:
             log.info("captioned %s: %s", name, outcome.caption)
@@ -234,6 +240,19 @@ class Summary:
         if len(self.failures) > 20:
             lines.append(f"  ... and {len(self.failures) - 20} more failures")
         print("\n".join(lines), file=stream)  # type: ignore[call-overload]
+
+    def as_dict(self) -> dict[str, object]:
+        """Return the summary as data: counts, reasons, failures, seconds and mean ms per stage."""
+        captioned = self.counts[CAPTIONED]
+        return {
+            "captioned": captioned, "skipped": self.counts[SKIPPED], "failed": self.failed,
+            "would_caption": self.counts[WOULD_CAPTION], "seconds": round(time.monotonic() - self.started, 3),
+            "skipped_reasons": dict(self.skipped),
+            "failures": [{"path": self._relative(outcome.path), "reason": outcome.reason,
+                          "transient": outcome.transient} for outcome in self.failures],
+            "stages_ms": {stage: round(1000 * seconds / max(1, captioned), 2)
+                          for stage, seconds in self.stage_seconds.items()},
+        }
 
     def _relative(self, path: Path) -> str:
         try:

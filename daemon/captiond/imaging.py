@@ -8,6 +8,7 @@ arrives as bytes together with the RAW file's orientation.
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ class PreparedImage:
     height: int
     original_width: int
     original_height: int
+    decode_seconds: float = 0.0
+    encode_seconds: float = 0.0
 
 
 def is_raw(path: Path) -> bool:
@@ -88,6 +91,7 @@ def prepare_bytes(data: bytes, resolution: int, orientation: int | None = None) 
 
 
 def _prepare(stream: io.BufferedReader | io.BytesIO, resolution: int, orientation: int | None) -> PreparedImage:
+    started = time.perf_counter()
     try:
         with Image.open(stream) as image:
             original_width, original_height = image.size
@@ -105,10 +109,12 @@ def _prepare(stream: io.BufferedReader | io.BytesIO, resolution: int, orientatio
     except (OSError, SyntaxError, ValueError, IndexError, TypeError, EOFError, MemoryError) as exc:
         # Pillow reports truncated and corrupt data with any of these.
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
+    decoded = time.perf_counter()
     small.info = {}  # Pillow would copy a comment (often a caption or an address) into the JPEG
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return PreparedImage(buffer.getvalue(), small.width, small.height, original_width, original_height)
+    return PreparedImage(buffer.getvalue(), small.width, small.height, original_width, original_height,
+                         decoded - started, time.perf_counter() - decoded)
 
 
 def _check_size(image: Image.Image) -> None:

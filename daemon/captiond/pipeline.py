@@ -10,8 +10,9 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .captions import clean_caption
@@ -49,6 +50,7 @@ class Outcome:
     crashed: bool = False
     model_seconds: float = 0.0
     wrote_original: bool = False
+    stages: Mapping[str, float] = field(default_factory=dict)  # seconds: read, decode, encode, request, write
 
 
 class Captioner:
@@ -70,8 +72,11 @@ class Captioner:
 
         `photo_changed` says the photo was replaced since we captioned it: our own caption is renewed.
         """
+        stages: dict[str, float] = {}
         try:
+            started = time.perf_counter()
             metadata = self.exiftool.read(path, self.config.daemon.sidecar_name)
+            stages["read"] = time.perf_counter() - started
             decision = decide(current_caption(metadata), self.options.source, self.options.force, photo_changed)
             if not decision.caption:
                 return Outcome(path, SKIPPED, decision.reason)
@@ -79,10 +84,18 @@ class Captioner:
                 return Outcome(path, SKIPPED, "--count reached")
             if self.options.dry_run:
                 return Outcome(path, WOULD_CAPTION, decision.reason)
+            started = time.perf_counter()
             image = self.prepare(metadata)
+            stages["decode"] = time.perf_counter() - started - image.encode_seconds
+            stages["encode"] = image.encode_seconds
+            started = time.perf_counter()
             caption, seconds = self.ask(image)
+            stages["request"] = time.perf_counter() - started
+            started = time.perf_counter()
             embedded = self.write(metadata, caption)
-            return Outcome(path, CAPTIONED, decision.reason, caption, model_seconds=seconds, wrote_original=embedded)
+            stages["write"] = time.perf_counter() - started
+            return Outcome(path, CAPTIONED, decision.reason, caption, model_seconds=seconds, wrote_original=embedded,
+                           stages=stages)
         except FileError as error:
             error.for_file(str(path))
             return Outcome(path, FAILED, error.reason, transient=error.transient,
