@@ -18,14 +18,15 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config, ModelConfig, find_config_file, load_config
+from .endpoints import EndpointPool
 from .errors import CaptiondError, ConfigError, ModelSetupError, UsageError
 from .library import parse_filter, scan
 from .metadata import Exiftool
 from .model import ModelClient
-from .pipeline import CAPTIONED, FAILED, SKIPPED, WOULD_CAPTION, Captioner, Outcome, RunOptions, run_pipeline
+from .pipeline import CAPTIONED, FAILED, SKIPPED, WOULD_CAPTION, Captioner, ModelRun, Outcome, RunOptions, run_pipeline
 from .progress import Progress
 from .service import WatchService
-from .sources import PRIORITIES, WRITABLE_SOURCES, resolve_source
+from .sources import PRIORITIES, WRITABLE_SOURCES
 from .state import DATABASE_NAME, StateStore
 
 log = logging.getLogger("captiond")
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "Progress survives restarts (Daemon.StateDir). Stops cleanly on SIGTERM or SIGINT.")
     watch.add_argument("--originals", "-o", metavar="DIR", help="the originals folder (overrides Daemon.Originals)")
     watch.add_argument("--state-dir", metavar="DIR", help="where the state database lives (overrides Daemon.StateDir)")
+    watch.add_argument("--models", "-m", default="caption", help="model types to run, comma-separated "
+                       "(default: caption; e.g. caption,labels)")
     watch.add_argument("--listen", metavar="HOST:PORT", help="serve /healthz and /metrics (overrides Daemon.Listen)")
     watch.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON")
     watch.set_defaults(handler=command_watch)
@@ -152,19 +155,18 @@ def command_run(arguments: argparse.Namespace) -> int:
     originals = config.daemon.originals
     if originals is None:
         raise UsageError("no originals folder: pass --originals DIR or set Daemon.Originals in vision.yml")
-    model = _caption_model(config, arguments.models)
-    options = RunOptions(resolve_source(arguments.source, model.service.request_format), arguments.force,
-                         arguments.dry_run, arguments.count)
+    runs = model_runs(config, arguments.models, connect=not arguments.dry_run)
+    options = RunOptions(arguments.source, arguments.force, arguments.dry_run, arguments.count)
     terms = parse_filter(arguments.filters, originals)
-    client = None if arguments.dry_run else ModelClient(model, config.daemon)
+    clients = _clients(runs)
     try:
-        if client is not None:
+        for client in clients:
             client.check()
-            log.info("using %s on %s", model.model_id, client.uri)
+            log.info("using %s on %s", client.model.model_id, client.uri)
         with Exiftool() as exiftool:
-            captioner = Captioner(config, model, client, exiftool, options)
+            captioner = Captioner(config, runs, exiftool, options)
             paths = list(scan(originals, terms))
-            summary = Summary(originals)
+            summary = Summary(originals, labels="labels" in runs)
             with Progress(len(paths), enabled=sys.stderr.isatty() and not arguments.quiet) as progress:
                 def record(outcome: Outcome) -> None:
                     summary.add(outcome)
@@ -172,39 +174,58 @@ def command_run(arguments: argparse.Namespace) -> int:
                 try:
                     run_pipeline(captioner, paths, record)
                 finally:
+                    pools = {id(client.pool): client for client in clients}
+                    summary.endpoints = [figure for client in pools.values() for figure in client.figures()]
                     summary.print(sys.stdout)
                     if arguments.report:
                         Path(arguments.report).write_text(json.dumps(summary.as_dict(), indent=2))
     finally:
-        if client is not None:
+        for client in clients:
             client.close()
     return EXIT_FAILURES if summary.failed else EXIT_OK
 
 
-def _caption_model(config: Config, models: str) -> ModelConfig:
-    types = [name.strip() for name in models.split(",") if name.strip()]
-    unsupported = [name for name in types if name != "caption"]
+def model_runs(config: Config, models: str, connect: bool = True) -> dict[str, ModelRun]:
+    """Return the model types asked for with `--models` (caption, labels) and clients for them."""
+    types = list(dict.fromkeys(name.strip().lower() for name in models.split(",") if name.strip()))
+    unsupported = [name for name in types if name not in ("caption", "labels")]
     if unsupported or not types:
-        raise UsageError(f"--models {models}: captiond runs caption models (labels are not supported yet)")
-    model = config.model("caption")
-    if model is None:
-        raise ConfigError(["Models: every caption model is disabled"], str(config.path or "vision.yml"))
-    if not model.usable:
-        raise ConfigError([f"Models[{model.index}]: captiond speaks to ollama or openai engines, "
-                           f"not {model.engine}"], str(config.path or "vision.yml"))
-    return model
+        raise UsageError(f"--models {models}: captiond runs caption and labels models (e.g. -m caption,labels)")
+    runs: dict[str, ModelRun] = {}
+    pools: dict[tuple[str, ...], EndpointPool] = {}
+    for kind in types:
+        model = config.model(kind)
+        if model is None:
+            raise ConfigError([f"Models: every {kind} model is disabled"], str(config.path or "vision.yml"))
+        if not model.usable:
+            raise ConfigError([f"Models[{model.index}]: captiond speaks to ollama or openai engines, "
+                               f"not {model.engine}"], str(config.path or "vision.yml"))
+        client = None
+        if connect:
+            servers = tuple(endpoint.uri for endpoint in model.service.all_endpoints())
+            client = ModelClient(model, config.daemon, pool=pools.get(servers))
+            pools[servers] = client.pool
+        runs[kind] = ModelRun(model, client)
+    return runs
+
+
+def _clients(runs: dict[str, ModelRun]) -> list[ModelClient]:
+    return [run.client for run in runs.values() if run.client is not None]
 
 
 class Summary:
     """Counts outcomes and prints the end-of-run report."""
 
-    def __init__(self, originals: Path) -> None:
+    def __init__(self, originals: Path, labels: bool = False) -> None:
         self.originals = originals
         self.started = time.monotonic()
         self.counts: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.failures: list[Outcome] = []
         self.stage_seconds: Counter[str] = Counter()
+        self.captions = 0
+        self.labelled: int | None = 0 if labels else None  # None: no labels model in this run
+        self.endpoints: list[dict[str, object]] = []
 
     @property
     def failed(self) -> int:
@@ -217,7 +238,11 @@ class Summary:
         self.stage_seconds.update(outcome.stages)
         name = self._relative(outcome.path)
         if outcome.status == CAPTIONED:
-            log.info("captioned %s: %s", name, outcome.caption)
+            self.captions += bool(outcome.caption)
+            if outcome.keywords is not None and self.labelled is not None:
+                self.labelled += 1
+            keywords = f" [{', '.join(outcome.keywords)}]" if outcome.keywords else ""
+            log.info("captioned %s: %s%s", name, outcome.caption or "(labels only)", keywords)
         elif outcome.status == WOULD_CAPTION:
             log.info("would caption %s (%s)", name, outcome.reason)
         elif outcome.status == SKIPPED:
@@ -230,10 +255,14 @@ class Summary:
     def print(self, stream: object) -> None:
         """Print the summary: captioned, skipped and why, failed and why."""
         seconds = time.monotonic() - self.started
-        lines = [f"captioned {self.counts[CAPTIONED]}, skipped {self.counts[SKIPPED]}, failed {self.failed}"
+        labelled = "" if self.labelled is None else f", labelled {self.labelled}"
+        lines = [f"captioned {self.captions}{labelled}, skipped {self.counts[SKIPPED]}, failed {self.failed}"
                  + (f", would caption {self.counts[WOULD_CAPTION]}" if self.counts[WOULD_CAPTION] else "")
                  + f" in {seconds:.1f}s"]
         lines += [f"  skipped {count:>6}  {reason}" for reason, count in self.skipped.most_common()]
+        if len(self.endpoints) > 1:
+            lines += [f"  endpoint {item['endpoint']}: {item['requests']} requests, {item['errors']} errors, "
+                      f"mean {item['mean_seconds']}s" for item in self.endpoints]
         for outcome in self.failures[:20]:
             lines.append(f"  failed  {self._relative(outcome.path)}: {outcome.reason}"
                          + (" (temporary: try again later)" if outcome.transient else ""))
@@ -245,13 +274,14 @@ class Summary:
         """Return the summary as data: counts, reasons, failures, seconds and mean ms per stage."""
         captioned = self.counts[CAPTIONED]
         return {
-            "captioned": captioned, "skipped": self.counts[SKIPPED], "failed": self.failed,
+            "captioned": self.captions, "skipped": self.counts[SKIPPED], "failed": self.failed,
             "would_caption": self.counts[WOULD_CAPTION], "seconds": round(time.monotonic() - self.started, 3),
             "skipped_reasons": dict(self.skipped),
             "failures": [{"path": self._relative(outcome.path), "reason": outcome.reason,
                           "transient": outcome.transient} for outcome in self.failures],
             "stages_ms": {stage: round(1000 * seconds / max(1, captioned), 2)
                           for stage, seconds in self.stage_seconds.items()},
+            "labelled": self.labelled, "endpoints": self.endpoints,
         }
 
     def _relative(self, path: Path) -> str:
@@ -280,8 +310,8 @@ def _model_row(config: Config, model: ModelConfig) -> dict[str, object]:
     effective = config.model(model.type) is model
     if model.disabled:
         status = "Disabled"
-    elif effective and model.type == "caption" and model.usable:
-        status = "Enabled (used by captiond)"
+    elif effective and model.usable:
+        status = "Enabled (used by captiond" + (", from the caption model)" if model.implied else ")")
     elif effective:
         status = "Enabled (not used by captiond)"
     else:
@@ -307,23 +337,24 @@ def command_watch(arguments: argparse.Namespace) -> int:
         raise UsageError("no originals folder: pass --originals DIR or set Daemon.Originals in vision.yml")
     if not originals.is_dir():
         raise UsageError(f"originals folder not found: {originals}")
-    model = _caption_model(config, "caption")
-    options = RunOptions(resolve_source("auto", model.service.request_format))
-    client = ModelClient(model, config.daemon)
+    runs = model_runs(config, arguments.models)
+    clients = _clients(runs)
     state = StateStore(config.daemon.state_dir)
     try:
         with Exiftool() as exiftool:
-            service = WatchService(config, Captioner(config, model, client, exiftool, options), client, state)
+            service = WatchService(config, Captioner(config, runs, exiftool, RunOptions()), clients, state)
             for signal_number in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signal_number, lambda number, frame: service.request_stop())
             try:
-                client.check(retry=False)
-                log.info("using %s on %s; state in %s", model.model_id, client.uri, state.path)
+                for client in clients:
+                    client.check(retry=False)
+                    log.info("using %s on %s; state in %s", client.model.model_id, client.uri, state.path)
             except ModelSetupError as error:
                 service.model_unavailable(error)
             service.run()
     finally:
-        client.close()
+        for client in clients:
+            client.close()
         state.close()
     log.info("stopped")
     return EXIT_OK

@@ -20,7 +20,7 @@ import yaml
 from .errors import ConfigError
 
 MODEL_TYPES = ("caption", "labels", "nsfw", "face", "generate")
-CAPTIOND_TYPES = ("caption",)
+CAPTIOND_TYPES = ("caption", "labels")
 REMOTE_ENGINES = ("ollama", "openai")
 WRITE_MODES = ("sidecar", "embedded")
 SIDECAR_NAMES = ("ext", "base")
@@ -33,6 +33,8 @@ DEFAULT_CAPTION_PROMPT = (
     "content. Begin with the main subject and clear action. Avoid text formatting, meta-language, "
     "and filler words."
 )
+DEFAULT_LABELS_PROMPT = "Analyze the image and return label objects with name, confidence (0-1), and topicality (0-1)."
+DEFAULT_PROMPTS = MappingProxyType({"caption": DEFAULT_CAPTION_PROMPT, "labels": DEFAULT_LABELS_PROMPT})
 DEFAULT_TEMPERATURE = 0.1
 DEFAULT_NUM_PREDICT = 256
 
@@ -64,18 +66,37 @@ MODEL_KEYS = frozenset(
 SERVICE_KEYS = frozenset(
     {
         "Uri", "Method", "Key", "Username", "Password", "Model", "Org", "Project", "Tier", "FileScheme",
-        "RequestFormat", "ResponseFormat", "Think", "Disabled", "Stream",
+        "RequestFormat", "ResponseFormat", "Think", "Disabled", "Stream", "Endpoints",
     }
 )
+ENDPOINT_KEYS = frozenset({"Uri", "Parallel", "Key"})
 THRESHOLD_KEYS = frozenset({"Confidence", "Topicality", "NSFW", "NSFWUpload", "NSFWIndex"})
 DAEMON_KEYS = frozenset(
     {
         "Originals", "Write", "SidecarName", "StateDir", "Parallel", "Timeout", "MaxLength", "MaxAnswerBytes",
-        "Settle", "Rescan", "Watcher", "PollInterval", "Listen", "Retry",
+        "Settle", "Rescan", "Watcher", "PollInterval", "Listen", "Retry", "Language",
     }
 )
 RETRY_KEYS = frozenset({"Attempts", "Delay", "MaxDelay", "Total"})
 TOP_KEYS = frozenset({"Models", "Thresholds", "Daemon"})
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One model server; `parallel` is its request slots (its OLLAMA_NUM_PARALLEL); None: Daemon.Parallel."""
+
+    uri: str
+    parallel: int | None = None
+    key: str = ""
+
+    def redacted_uri(self) -> str:
+        """Return the Uri with any password or token in it replaced by ***."""
+        return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", self.uri)
+
+    def base_url(self) -> str:
+        """Return scheme://host:port of the Uri (where /api/show and friends live)."""
+        match = re.match(r"^(https?://[^/]+)", self.uri)
+        return match.group(1) if match else self.uri
 
 
 @dataclass(frozen=True)
@@ -90,15 +111,19 @@ class Service:
     response_format: str = "ollama"
     think: str = "false"
     stream: bool = True
+    endpoints: tuple[Endpoint, ...] = ()
+
+    def all_endpoints(self) -> tuple[Endpoint, ...]:
+        """Return every server this model is reached at (Uri list or Endpoints; else the one Uri)."""
+        return self.endpoints or (Endpoint(self.uri, None, self.key),)
 
     def redacted_uri(self) -> str:
-        """Return the Uri with any password or token in it replaced by ***."""
-        return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", self.uri)
+        """Return the Uri(s) with any password or token replaced by ***."""
+        return ", ".join(endpoint.redacted_uri() for endpoint in self.all_endpoints())
 
     def base_url(self) -> str:
-        """Return scheme://host:port of the Uri (where /api/show and friends live)."""
-        match = re.match(r"^(https?://[^/]+)", self.uri)
-        return match.group(1) if match else self.uri
+        """Return scheme://host:port of the first Uri."""
+        return self.all_endpoints()[0].base_url()
 
 
 @dataclass(frozen=True)
@@ -120,6 +145,7 @@ class ModelConfig:
     service: Service = field(default_factory=lambda: Service(uri=f"{DEFAULT_OLLAMA_BASE_URL}/api/generate"))
     default: bool = False
     disabled: bool = False
+    implied: bool = False  # not in the file: derived from the caption model
 
     @property
     def model_id(self) -> str:
@@ -131,7 +157,7 @@ class ModelConfig:
     @property
     def usable(self) -> bool:
         """Return whether captiond can run this model itself (a remote engine it speaks)."""
-        return self.service.request_format in REMOTE_ENGINES
+        return self.engine in REMOTE_ENGINES and self.type in CAPTIOND_TYPES
 
 
 @dataclass(frozen=True)
@@ -170,6 +196,7 @@ class DaemonConfig:
     watcher: str = "auto"
     poll_interval: float = 30.0
     listen: str = ""
+    language: str = ""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -252,6 +279,13 @@ def parse_config(document: Any, environ: Mapping[str, str], path: Path | None) -
         raise ConfigError(reader.problems, str(path or "vision.yml"))
     if not any(model.type == "caption" and not model.disabled for model in models):
         models = (*models, reader.model({}, len(models), implied_type="caption"))
+    if not any(model.type == "labels" and not model.disabled and model.usable for model in models):
+        # No labels model captiond can run: ask the caption model for labels (PhotoPrism's built-in labels
+        # model is TensorFlow, which captiond does not run).
+        caption = next(model for model in reversed(models) if model.type == "caption" and not model.disabled)
+        models = (*models, dataclasses.replace(caption, index=len(models), type="labels",
+                                               prompt=DEFAULT_LABELS_PROMPT, system="", implied=True,
+                                               options=MappingProxyType({**caption.options, "top_p": 0.9})))
     return Config(models, thresholds, daemon, path, tuple(reader.warnings))
 
 
@@ -411,6 +445,9 @@ class _Reader:
         if implied_type is None and "Type" not in entry:
             self.problem(f"{where}.Type", f"required, one of {', '.join(MODEL_TYPES)}")
         engine = self.string(entry, "Engine", where, "").strip().lower()
+        if not engine and (any(key in entry for key in ("TensorFlow", "ONNX", "Meta", "Path", "LabelFile"))
+                           or (self.boolean(entry, "Default", where, False) and model_type != "caption")):
+            engine = "tensorflow"  # PhotoPrism's built-in models (labels, nsfw, face), run by PhotoPrism only
         service = self.service(entry.get("Service"), f"{where}.Service", engine, model_type)
         if not engine:
             engine = service.request_format
@@ -425,7 +462,7 @@ class _Reader:
             version=self.string(entry, "Version", where, ""),
             engine=engine,
             run=self.string(entry, "Run", where, "auto"),
-            prompt=self.string(entry, "Prompt", where, DEFAULT_CAPTION_PROMPT if model_type == "caption" else ""),
+            prompt=self.string(entry, "Prompt", where, DEFAULT_PROMPTS.get(model_type, "")),
             system=self.string(entry, "System", where, ""),
             format=self.string(entry, "Format", where, ""),
             normalize=self.string(entry, "Normalize", where, ""),
@@ -439,7 +476,8 @@ class _Reader:
     def service(self, value: Any, where: str, engine: str, model_type: str) -> Service:
         mapping = self.mapping(value, where)
         self.check_keys(mapping, SERVICE_KEYS, where)
-        uri = self.string(mapping, "Uri", where, "").strip()
+        endpoints = self.endpoints(mapping, where)
+        uri = endpoints[0].uri if endpoints else self.string(mapping, "Uri", where, "").strip()
         inferred = "openai" if engine == "openai" or uri.rstrip("/").endswith("/v1/chat/completions") else "ollama"
         request_format = self.choice(mapping, "RequestFormat", where, inferred, ("ollama", "openai", "vision"))
         if request_format == "vision":
@@ -463,16 +501,44 @@ class _Reader:
         think_text = str(think).lower() if isinstance(think, bool | str) else "false"
         if think_text not in ("true", "false", "low", "medium", "high"):
             self.problem(f"{where}.Think", f"expected true, false, low, medium or high, got {_kind(think)}")
+        key = self.string(mapping, "Key", where, key_default)
         return Service(
             uri=uri,
             method=self.choice(mapping, "Method", where, "post", ("post",)).upper(),
-            key=self.string(mapping, "Key", where, key_default),
+            key=key,
+            endpoints=tuple(dataclasses.replace(endpoint, key=endpoint.key or key) for endpoint in endpoints),
             file_scheme=file_scheme,
             request_format=request_format,
             response_format=response_format,
             think=think_text,
             stream=self.boolean(mapping, "Stream", where, True),
         )
+
+    def endpoints(self, mapping: Mapping[str, Any], where: str) -> tuple[Endpoint, ...]:
+        """Return the servers of a `Uri:` list or an `Endpoints:` list (empty for a single Uri)."""
+        uris = mapping.get("Uri")
+        entries: list[Any] = []
+        if isinstance(uris, list):
+            entries = [{"Uri": uri} for uri in uris]
+            mapping = {key: item for key, item in mapping.items() if key != "Uri"}
+        if mapping.get("Endpoints") is not None:
+            if not isinstance(mapping["Endpoints"], list) or not mapping["Endpoints"]:
+                self.problem(f"{where}.Endpoints", f"expected a list of {{Uri, Parallel}}, got "
+                             f"{_kind(mapping['Endpoints'])}")
+                return ()
+            entries += mapping["Endpoints"]
+        endpoints = []
+        for index, entry in enumerate(entries):
+            location = f"{where}.Endpoints[{index}]" if "Endpoints" in mapping else f"{where}.Uri[{index}]"
+            entry = self.mapping(entry, location)
+            self.check_keys(entry, ENDPOINT_KEYS, location)
+            uri = self.string(entry, "Uri", location, "").strip()
+            if not re.match(r"^https?://[^/\s]+", uri):
+                self.problem(f"{location}.Uri", f"expected an http:// or https:// address, got {_kind(uri)}")
+                continue
+            parallel = self.positive_int(entry, "Parallel", location, 0) or None
+            endpoints.append(Endpoint(uri, parallel, self.string(entry, "Key", location, "")))
+        return tuple(endpoints)
 
     def options(self, value: Any, where: str, model_type: str) -> Mapping[str, Any]:
         mapping = self.mapping(value, where)
@@ -540,6 +606,7 @@ class _Reader:
             watcher=self.choice(mapping, "Watcher", where, "auto", WATCHERS),
             poll_interval=self.duration(mapping, "PollInterval", where, 30.0) or 30.0,
             listen=self.string(mapping, "Listen", where, ""),
+            language=self.string(mapping, "Language", where, "").strip(),
             retry=RetryPolicy(
                 attempts=self.positive_int(retry, "Attempts", f"{where}.Retry", defaults.attempts),
                 delay=self.duration(retry, "Delay", f"{where}.Retry", defaults.delay),

@@ -47,10 +47,14 @@ class Metrics:
         self.retries = Counter("captiond_retries", "Transient failures put back in the queue",
                                registry=self.registry)
         self.queue = Gauge("captiond_queue_depth", "Files waiting to be processed", registry=self.registry)
-        self.model_seconds = Histogram("captiond_model_seconds", "Seconds the model took for one image",
-                                       buckets=(0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60, 120),
+        self.model_seconds = Histogram("captiond_model_seconds", "Seconds a model server took for one answer",
+                                       ["endpoint"], buckets=(0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60, 120),
                                        registry=self.registry)
         self.model_up = Gauge("captiond_model_up", "1 while the model server answers", registry=self.registry)
+
+    def observe_answer(self, endpoint: str, seconds: float) -> None:
+        """Record one answer's latency for its endpoint."""
+        self.model_seconds.labels(endpoint).observe(seconds)
 
     def exposition(self) -> bytes:
         """Return the metrics in Prometheus' text format."""

@@ -34,7 +34,8 @@ from exiftool.exceptions import ExifToolException
 
 from .errors import ExiftoolError, MetadataError
 from .imaging import RAW_EXTENSIONS
-from .sources import CurrentCaption, caption_hash, is_boilerplate
+from .labels import merge_keywords
+from .sources import CurrentCaption, CurrentLabels, caption_hash, is_boilerplate
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,11 @@ PREVIEW_TAGS = ("JpgFromRaw", "PreviewImage", "OtherImage", "ThumbnailImage")
 READ_TAGS = (
     "-XMP-dc:Description", "-IFD0:ImageDescription", "-IPTC:all", "-Photoshop:IPTCDigest",
     "-XMP-tiff:ImageDescription", "-XMP-captiond:all", "-IFD0:Orientation", "-File:FileType",
-    *(f"-{tag}" for tag in PREVIEW_TAGS),
+    "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", "-ExifIFD:DateTimeOriginal", "-XMP-exif:DateTimeOriginal",
+    "-XMP-photoshop:DateCreated", "-IFD0:Make", "-IFD0:Model", *(f"-{tag}" for tag in PREVIEW_TAGS),
 )
+LIST_TAGS = frozenset({"XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "IPTC:Keywords", "XMP-captiond:AddedKeywords"})
+IPTC_KEYWORD_BYTES = 64
 IPTC_CAPTION_BYTES = 2000
 _BINARY_SIZE = re.compile(r"Binary data (\d+) bytes")
 
@@ -71,6 +75,35 @@ class FileMetadata:
     sidecar_exists: bool
     original: Mapping[str, str]
     sidecar_tags: Mapping[str, str]
+    original_lists: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    sidecar_lists: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def keywords(self, in_sidecar: bool) -> tuple[list[str], list[str], list[str]]:
+        """Return (keywords, hierarchical keywords, the keywords we added) that readers see in the target.
+
+        A sidecar without keywords of its own shows the photo's embedded ones (readers merge the two key
+        by key), so those are carried over rather than hidden.
+        """
+        own = self.sidecar_lists if in_sidecar else self.original_lists
+        keywords = list(own.get("XMP-dc:Subject", ()))
+        hierarchical = list(own.get("XMP-lr:HierarchicalSubject", ()))
+        if in_sidecar and not keywords:
+            keywords = list(self.original_lists.get("XMP-dc:Subject", ()))
+            hierarchical = hierarchical or list(self.original_lists.get("XMP-lr:HierarchicalSubject", ()))
+        for keyword in self.original_lists.get("IPTC:Keywords", ()) if not keywords else ():
+            keywords.append(keyword)
+        return keywords, hierarchical, list(own.get("XMP-captiond:AddedKeywords", ()))
+
+    def context(self) -> dict[str, str]:
+        """Return what a prompt may mention: capture date, camera and existing keywords."""
+        date = (self.original.get("ExifIFD:DateTimeOriginal") or self.original.get("XMP-exif:DateTimeOriginal")
+                or self.original.get("XMP-photoshop:DateCreated") or "")
+        date = date[:10].replace(":", "-") if re.match(r"^\d{4}[:-]\d{2}[:-]\d{2}", date) else ""
+        make, model = self.original.get("IFD0:Make", "").strip(), self.original.get("IFD0:Model", "").strip()
+        camera = model if model.lower().startswith(make.lower()) else f"{make} {model}".strip()
+        keywords, _, ours = self.keywords(in_sidecar=self.sidecar_exists)
+        people = [keyword for keyword in keywords if keyword.casefold() not in {item.casefold() for item in ours}]
+        return {"date": date, "camera": camera, "keywords": ", ".join(people)}
 
     @property
     def orientation(self) -> int | None:
@@ -99,7 +132,7 @@ class WritePlan:
 
     target: Path
     embedded: bool
-    tags: Mapping[str, str]
+    tags: Mapping[str, str | tuple[str, ...]]  # a tuple replaces a list tag (empty: deletes it)
 
     @property
     def empty(self) -> bool:
@@ -145,6 +178,14 @@ def current_caption(metadata: FileMetadata) -> CurrentCaption:
     return CurrentCaption(boilerplate, "embedded")
 
 
+def current_labels(metadata: FileMetadata, embedded: bool) -> CurrentLabels:
+    """Return the keywords readers see in the target and our record of the ones we added."""
+    keywords, _, added = metadata.keywords(in_sidecar=not embedded)
+    tags = metadata.original if embedded else metadata.sidecar_tags
+    return CurrentLabels(tuple(keywords), tuple(added), tags.get("XMP-captiond:LabelsSource", ""),
+                         "embedded" if embedded else "sidecar")
+
+
 def inert(value: str) -> str:
     """Return a value that cannot break out of its argument line: control characters become spaces."""
     return "".join(" " if ord(character) < 32 or ord(character) == 127 else character for character in value).strip()
@@ -187,6 +228,44 @@ def plan_caption(metadata: FileMetadata, caption: str, provenance: Provenance, e
     if embedded and any(tag.startswith("IPTC:") for tag in changes) and "Photoshop:IPTCDigest" in metadata.original:
         changes["Photoshop:IPTCDigest"] = "new"
     return WritePlan(metadata.path if embedded else metadata.sidecar, embedded, changes)
+
+
+def plan_keywords(metadata: FileMetadata, labels: list[str], provenance: Provenance,
+                  embedded: bool) -> dict[str, str | tuple[str, ...]]:
+    """Return the tag changes that write `labels` as keywords (a pure function).
+
+    Our earlier keywords (XMP-captiond:AddedKeywords) are replaced; every keyword a person or another
+    tool added stays. Sidecar: XMP-dc:Subject and XMP-lr:HierarchicalSubject. Embedded: the same, and
+    IPTC:Keywords where the file already has IPTC (UTF-8, each cut to 64 bytes at a character boundary).
+    """
+    current, hierarchical, ours_before = metadata.keywords(in_sidecar=not embedded)
+    keywords, added = merge_keywords(current, ours_before, [inert(label) for label in labels])
+    ours = {keyword.casefold() for keyword in ours_before}
+    kept_hierarchy = [entry for entry in hierarchical if entry.casefold() not in ours]
+    hierarchy = kept_hierarchy + [label for label in added
+                                  if label.casefold() not in {entry.casefold() for entry in kept_hierarchy}]
+    existing_lists = metadata.original_lists if embedded else metadata.sidecar_lists
+    existing_tags = metadata.original if embedded else metadata.sidecar_tags
+    wanted: dict[str, str | tuple[str, ...]] = {
+        "XMP-dc:Subject": tuple(keywords), "XMP-lr:HierarchicalSubject": tuple(hierarchy),
+        "XMP-captiond:AddedKeywords": tuple(added), "XMP-captiond:LabelsSource": inert(provenance.source),
+        "XMP-captiond:LabelsModel": inert(provenance.model)}
+    if embedded and metadata.has_iptc:
+        wanted["IPTC:Keywords"] = tuple(truncate_bytes(keyword, IPTC_KEYWORD_BYTES) for keyword in keywords)
+        if not all(keyword.isascii() for keyword in keywords):
+            wanted["IPTC:CodedCharacterSet"] = "UTF8"
+    changes = {tag: value for tag, value in wanted.items()
+               if (tuple(existing_lists.get(tag, ())) if isinstance(value, tuple) else existing_tags.get(tag)) != value}
+    if changes:
+        changes["XMP-captiond:LabelsTime"] = provenance.time
+        if embedded and any(tag.startswith("IPTC:") for tag in changes) and "Photoshop:IPTCDigest" in metadata.original:
+            changes["Photoshop:IPTCDigest"] = "new"
+    return changes
+
+
+def merge_plans(first: WritePlan, extra: Mapping[str, str | tuple[str, ...]]) -> WritePlan:
+    """Return one plan holding both sets of changes (one exiftool call writes them)."""
+    return WritePlan(first.target, first.embedded, {**first.tags, **extra})
 
 
 class Exiftool:
@@ -290,8 +369,9 @@ class Exiftool:
         original = _flatten(records[0])
         if "ExifTool:Error" in original:
             raise MetadataError(f"exiftool cannot read the file: {original['ExifTool:Error']}", str(path))
-        sidecar_tags = _flatten(records[1]) if len(records) > 1 else {}
-        return FileMetadata(path, sidecar, sidecar_exists, original, sidecar_tags)
+        sidecar_record = records[1] if len(records) > 1 else {}
+        return FileMetadata(path, sidecar, sidecar_exists, original, _flatten(sidecar_record),
+                            _lists(records[0]), _lists(sidecar_record))
 
     def extract_preview(self, metadata: FileMetadata) -> bytes:
         """Return the largest embedded preview image of a RAW file (empty if it has none)."""
@@ -314,7 +394,7 @@ class Exiftool:
             return
         directory = plan.target.parent
         temporary = directory / f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{plan.target.suffix.lower()}"
-        assignments = [f"-{tag}={inert(value)}" for tag, value in plan.tags.items()]
+        assignments = _assignments(plan.tags)
         before = _stat_or_none(source)
         try:
             with self._argument_path(source) as source_argument:
@@ -338,6 +418,17 @@ class Exiftool:
         finally:
             with contextlib.suppress(OSError):
                 temporary.unlink()
+
+
+def _assignments(tags: Mapping[str, str | tuple[str, ...]]) -> list[str]:
+    """Return exiftool arguments; a tuple becomes one assignment per item (the first replaces the list)."""
+    arguments = []
+    for tag, value in tags.items():
+        if isinstance(value, tuple):
+            arguments += [f"-{tag}={inert(item)}" for item in value] or [f"-{tag}="]
+        else:
+            arguments.append(f"-{tag}={inert(value)}")
+    return arguments
 
 
 def remove_stale_temporaries(directory: Path, names: list[str]) -> None:
@@ -380,6 +471,18 @@ def _flatten(record: Mapping[str, object]) -> dict[str, str]:
 
 def _text(output: str | bytes) -> str:
     return output.decode("utf-8", "replace") if isinstance(output, bytes) else output
+
+
+def _lists(record: Mapping[str, object]) -> dict[str, tuple[str, ...]]:
+    """Return the list-type tags of exiftool's JSON record as tuples (a single item arrives as a scalar)."""
+    lists = {}
+    for tag in LIST_TAGS:
+        value = record.get(tag)
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        lists[tag] = tuple(str(item) for item in items if str(item).strip())
+    return lists
 
 
 def _first_line(text: str) -> str:

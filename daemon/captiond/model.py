@@ -16,14 +16,15 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
-from .config import DaemonConfig, ModelConfig, RetryPolicy
+from .config import DaemonConfig, Endpoint, ModelConfig, RetryPolicy
+from .endpoints import AllEndpointsDown, EndpointPool
 from .errors import (
     AnswerError,
     ModelCannotSee,
@@ -67,20 +68,23 @@ class _ConnectionFailed(TransientModelError):
 
 
 class ModelClient:
-    """Talks to one model server for one model; thread-safe, one connection pool."""
+    """Talks to the server(s) of one model; thread-safe, one connection pool, requests spread over endpoints."""
 
-    def __init__(self, model: ModelConfig, daemon: DaemonConfig) -> None:
+    def __init__(self, model: ModelConfig, daemon: DaemonConfig,
+                 on_answer: Callable[[str, float], None] | None = None, pool: EndpointPool | None = None) -> None:
         self.model = model
         self.retry = daemon.retry
         self.deadline = daemon.timeout
         self.max_answer_bytes = daemon.max_answer_bytes
-        headers: dict[str, str] = {"User-Agent": "captiond"}
-        if model.service.key:
-            headers["Authorization"] = f"Bearer {model.service.key}"
+        # Models on the same servers share one pool, so together they never exceed the servers' slots.
+        self.pool = pool or EndpointPool(model.service.all_endpoints(), daemon.parallel, daemon.retry.delay,
+                                         daemon.retry.max_delay)
+        self.on_answer = on_answer
+        capacity = self.pool.capacity
         self._http = httpx.Client(
-            headers=headers,
+            headers={"User-Agent": "captiond"},
             timeout=httpx.Timeout(connect=10.0, read=daemon.timeout, write=30.0, pool=None),
-            limits=httpx.Limits(max_connections=max(4, daemon.parallel * 2), max_keepalive_connections=daemon.parallel),
+            limits=httpx.Limits(max_connections=capacity * 2 + 4, max_keepalive_connections=capacity + 2),
         )
         self.openai = model.service.request_format == "openai"
         self._closed = False
@@ -92,29 +96,60 @@ class ModelClient:
 
     @property
     def uri(self) -> str:
-        """Return the endpoint with secrets redacted, for messages."""
+        """Return the endpoint(s) with secrets redacted, for messages."""
         return self.model.service.redacted_uri()
 
+    @property
+    def capacity(self) -> int:
+        """Return how many requests may be in flight at once (the sum of the endpoints' Parallel)."""
+        return self.pool.capacity
+
     def check(self, retry: bool = True) -> None:
-        """Make sure the server is up and the model exists and can see; raise a ModelSetupError if not."""
+        """Make sure a server is up and has the model, which can see; raise a ModelSetupError if none is usable.
+
+        Endpoints that fail the check are set aside (and tried again later) while another one works.
+        """
+        errors: list[ModelSetupError] = []
+        for state in self.pool.states:
+            problem = self._check_endpoint(state.endpoint, retry)
+            if problem is None:
+                self.pool.succeeded(state)
+            else:
+                errors.append(problem)
+                self.pool.failed(state, str(problem), set_aside=True)
+        if len(errors) == len(self.pool.states):
+            raise errors[0]
+        for problem in errors:
+            log.warning("%s", problem)
+
+    def _check_endpoint(self, endpoint: Endpoint, retry: bool) -> ModelSetupError | None:
+        """Return why an endpoint cannot serve the model, or None when it can."""
         try:
             if retry:
-                self._with_retries(self._check_once)
+                self._with_retries(lambda: self._check_once(endpoint))
             else:
-                self._check_once()
+                self._check_once(endpoint)
+        except ModelSetupError as error:
+            return error
         except _ConnectionFailed as exc:
-            raise ServerUnreachable(f"cannot reach the model server at {self.uri}: {exc.reason}") from exc
+            return ServerUnreachable(f"cannot reach the model server at {endpoint.redacted_uri()}: {exc.reason}")
         except TransientModelError as exc:
-            raise ServerUnreachable(f"the model server at {self.uri} keeps failing: {exc.reason}") from exc
+            return ServerUnreachable(f"the model server at {endpoint.redacted_uri()} keeps failing: {exc.reason}")
+        return None
 
-    def describe(self, jpeg: bytes, prompt: str, system: str) -> Answer:
-        """Return the model's answer for one JPEG, retrying transient failures; raise on the rest."""
-        body = self._openai_body(jpeg, prompt, system) if self.openai else self._ollama_body(jpeg, prompt, system)
+    def describe(self, jpeg: bytes, prompt: str, system: str, schema: dict[str, Any] | None = None) -> Answer:
+        """Return the model's answer for one JPEG (as JSON following `schema` if given), retrying transient failures."""
+        body = (self._openai_body(jpeg, prompt, system, schema) if self.openai
+                else self._ollama_body(jpeg, prompt, system, schema))
         try:
             answer: Answer = self._with_retries(lambda: self._generate_once(body))
             return answer
         except _ConnectionFailed as exc:
             raise ServerUnreachable(f"the model server at {self.uri} stopped answering: {exc.reason}") from exc
+
+    def figures(self) -> list[dict[str, object]]:
+        """Return requests, errors and mean seconds per endpoint."""
+        return self.pool.figures()
 
     # -- retries -------------------------------------------------------------------------------
 
@@ -142,35 +177,39 @@ class ModelClient:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def _check_once(self) -> None:
-        service = self.model.service
+    def _headers(self, endpoint: Endpoint) -> dict[str, str]:
+        key = endpoint.key or self.model.service.key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _check_once(self, endpoint: Endpoint) -> None:
+        base = endpoint.base_url()
         if self.openai:
-            response = self._request("GET", f"{service.base_url()}/v1/models", None)
+            response = self._request("GET", f"{base}/v1/models", None, endpoint)
             if response.status_code in (401, 403):
-                raise ModelSetupError(f"{self.uri} refused the API key (HTTP {response.status_code}): "
+                raise ModelSetupError(f"{endpoint.redacted_uri()} refused the API key (HTTP {response.status_code}): "
                                       "set Service.Key (or OPENAI_API_KEY)")
             return
-        response = self._request("POST", f"{service.base_url()}/api/show", {"model": self.model.model_id})
+        response = self._request("POST", f"{base}/api/show", {"model": self.model.model_id}, endpoint)
         if response.status_code == 404:
-            raise ModelNotFound(f"model {self.model.model_id} not found on {service.base_url()}: "
+            raise ModelNotFound(f"model {self.model.model_id} not found on {base}: "
                                 f"run `ollama pull {self.model.model_id}`")
         if response.status_code in (401, 403):
-            raise ModelSetupError(f"{self.uri} refused the API key (HTTP {response.status_code}): "
+            raise ModelSetupError(f"{endpoint.redacted_uri()} refused the API key (HTTP {response.status_code}): "
                                   "set Service.Key (or OLLAMA_API_KEY)")
         if response.status_code != 200:
-            self._raise_for_status(response.status_code, response.content, response.headers)
+            self._raise_for_status(response.status_code, response.content, response.headers, endpoint)
         try:
             info = response.json()
         except ValueError:
             info = {}
         if not _can_see(info):
             capabilities = ", ".join(info.get("capabilities") or []) or "unknown"
-            raise ModelCannotSee(f"model {self.model.model_id} on {service.base_url()} cannot see images "
+            raise ModelCannotSee(f"model {self.model.model_id} on {base} cannot see images "
                                  f"(capabilities: {capabilities}): choose a vision model such as qwen2.5vl:3b")
 
-    def _request(self, method: str, url: str, body: dict[str, Any] | None) -> httpx.Response:
+    def _request(self, method: str, url: str, body: dict[str, Any] | None, endpoint: Endpoint) -> httpx.Response:
         try:
-            return self._http.request(method, url, json=body)
+            return self._http.request(method, url, json=body, headers=self._headers(endpoint))
         except _UNREACHABLE as exc:
             raise _ConnectionFailed(_describe_connection_error(exc)) from exc
         except httpx.TimeoutException as exc:
@@ -181,18 +220,39 @@ class ModelClient:
             raise TransientModelError(f"stopped: {exc}") from exc
 
     def _generate_once(self, body: dict[str, Any]) -> Answer:
-        started = time.monotonic()
-        deadline = started + self.deadline
         try:
-            with self._http.stream("POST", self.model.service.uri, json=body) as response:
+            with self.pool.slot(deadline=time.monotonic() + self.retry.total) as state:
+                started = time.monotonic()
+                try:
+                    answer = self._post(state.endpoint, body, started + self.deadline)
+                except _ConnectionFailed as error:
+                    self.pool.failed(state, error.reason, set_aside=True)
+                    raise
+                except TransientModelError as error:
+                    busy = error.reason.startswith(("HTTP 503", "HTTP 429"))
+                    self.pool.failed(state, error.reason, set_aside=busy, delay=error.retry_after)
+                    raise
+                except Exception as error:
+                    self.pool.failed(state, str(error), set_aside=False)
+                    raise
+                seconds = time.monotonic() - started
+                self.pool.succeeded(state, seconds)
+                if self.on_answer is not None:
+                    self.on_answer(state.name, seconds)
+        except AllEndpointsDown as exc:
+            raise _ConnectionFailed("no endpoint answers") from exc
+        return Answer(answer.text, answer.thinking, answer.done_reason, seconds)
+
+    def _post(self, endpoint: Endpoint, body: dict[str, Any], deadline: float) -> Answer:
+        try:
+            with self._http.stream("POST", endpoint.uri, json=body, headers=self._headers(endpoint)) as response:
                 if response.status_code != 200:
                     content = b"".join(self._read_bounded(response, deadline))
-                    self._raise_for_status(response.status_code, content, response.headers)
+                    self._raise_for_status(response.status_code, content, response.headers, endpoint)
                 chunks = self._read_bounded(response, deadline)
                 if body.get("stream"):
-                    answer = _parse_sse(chunks) if self.openai else _parse_ndjson(chunks)
-                else:
-                    answer = _parse_single(b"".join(chunks), self.openai)
+                    return _parse_sse(chunks) if self.openai else _parse_ndjson(chunks)
+                return _parse_single(b"".join(chunks), self.openai)
         except _UNREACHABLE as exc:
             raise _ConnectionFailed(_describe_connection_error(exc)) from exc
         except httpx.TimeoutException as exc:
@@ -201,7 +261,6 @@ class ModelClient:
             raise TransientModelError(f"the connection broke: {type(exc).__name__}: {exc}") from exc
         except RuntimeError as exc:  # httpx: "the client has been closed" while stopping
             raise TransientModelError(f"stopped: {exc}") from exc
-        return Answer(answer.text, answer.thinking, answer.done_reason, time.monotonic() - started)
 
     def _read_bounded(self, response: httpx.Response, deadline: float) -> Iterator[bytes]:
         received = 0
@@ -213,29 +272,32 @@ class ModelClient:
                 raise TransientModelError(f"no complete answer within {self.deadline:.0f}s")
             yield chunk
 
-    def _raise_for_status(self, status: int, content: bytes, headers: httpx.Headers) -> None:
+    def _raise_for_status(self, status: int, content: bytes, headers: httpx.Headers, endpoint: Endpoint) -> None:
         message = _error_message(content) or f"HTTP {status}"
+        where = endpoint.redacted_uri()
         if status == 404:
-            raise ModelNotFound(f"model {self.model.model_id} not found on {self.uri}: {message}"
+            raise ModelNotFound(f"model {self.model.model_id} not found on {where}: {message}"
                                 + ("" if self.openai else f" (run `ollama pull {self.model.model_id}`)"))
         if status in (401, 403):
-            raise ModelSetupError(f"{self.uri} refused the request (HTTP {status}): {message}: check Service.Key")
+            raise ModelSetupError(f"{where} refused the request (HTTP {status}): {message}: check Service.Key")
         if status == 429 or status >= 500:
             if any(text in message for text in PERMANENT_SERVER_ERRORS):
-                raise ModelSetupError(f"{self.uri} cannot run {self.model.model_id}: {message}")
+                raise ModelSetupError(f"{where} cannot run {self.model.model_id}: {message}")
             raise TransientModelError(f"HTTP {status}: {message}", retry_after=_retry_after(headers),
                                       crashed=_is_crash(message))
         raise AnswerError(f"the model server refused the image (HTTP {status}): {message}")
 
     # -- request bodies ------------------------------------------------------------------------
 
-    def _ollama_body(self, jpeg: bytes, prompt: str, system: str) -> dict[str, Any]:
+    def _ollama_body(self, jpeg: bytes, prompt: str, system: str, schema: dict[str, Any] | None) -> dict[str, Any]:
         image = base64.b64encode(jpeg).decode("ascii")
         body: dict[str, Any] = {"model": self.model.model_id, "stream": self.model.service.stream,
                                 "options": dict(self.model.options)}
         think = self.model.service.think
         body["think"] = think == "true" if think in ("true", "false") else think
-        if self.model.format:
+        if schema is not None and self.model.format in ("", "json"):
+            body["format"] = schema
+        elif self.model.format:
             body["format"] = self.model.format
         if self.model.service.uri.rstrip("/").endswith("/api/chat"):
             messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
@@ -247,7 +309,7 @@ class ModelClient:
                 body["system"] = system
         return body
 
-    def _openai_body(self, jpeg: bytes, prompt: str, system: str) -> dict[str, Any]:
+    def _openai_body(self, jpeg: bytes, prompt: str, system: str, schema: dict[str, Any] | None) -> dict[str, Any]:
         url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": [{"type": "text", "text": prompt},
@@ -258,6 +320,9 @@ class ModelClient:
             if name in OPENAI_OPTIONS:
                 body[OPENAI_OPTIONS[name]] = value
         body.setdefault("top_p", 0.9)
+        if schema is not None:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "labels", "schema": schema, "strict": True}}
         return body
 
 

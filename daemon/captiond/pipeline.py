@@ -1,27 +1,42 @@
 """Caption files: `Captioner.process(path)` for one file, `run_pipeline` for many at once.
 
-One file reads like a table of contents: read what it holds → decide → prepare the image →
-ask the model → clean the answer → plan the tags → write. `captiond run` (a filesystem scan)
-and `captiond watch` (the watcher and the state queue) both feed `process`.
+One file reads like a table of contents: read what it holds → decide (caption, labels) → prepare
+the image once → ask the model(s) → clean the answers → plan the tags → write them in one call.
+`captiond run` (a filesystem scan) and `captiond watch` (the watcher and the state queue) both
+feed `process`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .captions import clean_caption
 from .config import Config, ModelConfig
-from .errors import FileError, ModelSetupError
+from .errors import AnswerError, FileError, ModelSetupError
 from .imaging import PreparedImage, is_raw, prepare_bytes, prepare_file
-from .metadata import Exiftool, FileMetadata, Provenance, current_caption, plan_caption, writes_embedded
+from .labels import LABEL_SYSTEM, LABEL_SYSTEM_PHRASE, LABELS_SCHEMA, SCHEMA_INSTRUCTIONS, parse_labels, select_labels
+from .metadata import (
+    Exiftool,
+    FileMetadata,
+    Provenance,
+    WritePlan,
+    current_caption,
+    current_labels,
+    merge_plans,
+    plan_caption,
+    plan_keywords,
+    writes_embedded,
+)
 from .model import ModelClient
-from .sources import decide
+from .sources import Decision, decide, decide_labels, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +47,18 @@ CAPTIONED, SKIPPED, FAILED, WOULD_CAPTION = "captioned", "skipped", "failed", "w
 class RunOptions:
     """What the user asked of this run."""
 
-    source: str
+    source: str = "auto"  # as asked; resolved per model type by Captioner.source
     force: bool = False
     dry_run: bool = False
     count: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One model type of this run (caption or labels) and the client that reaches it (None in a dry run)."""
+
+    model: ModelConfig
+    client: ModelClient | None
 
 
 @dataclass(frozen=True)
@@ -46,6 +69,7 @@ class Outcome:
     status: str
     reason: str = ""
     caption: str = ""
+    keywords: tuple[str, ...] | None = None  # None: no labels asked
     transient: bool = False
     crashed: bool = False
     model_seconds: float = 0.0
@@ -54,72 +78,121 @@ class Outcome:
 
 
 class Captioner:
-    """Holds what processing a file needs: the model client, exiftool and the run's options."""
+    """Holds what processing a file needs: the models and their clients, exiftool and the run's options."""
 
-    def __init__(self, config: Config, model: ModelConfig, client: ModelClient | None, exiftool: Exiftool,
-                 options: RunOptions) -> None:
+    def __init__(self, config: Config, runs: Mapping[str, ModelRun], exiftool: Exiftool, options: RunOptions) -> None:
         self.config = config
-        self.model = model
-        self.client = client
+        self.runs = dict(runs)
         self.exiftool = exiftool
         self.options = options
-        self._slots = threading.BoundedSemaphore(config.daemon.parallel)
         self._count_lock = threading.Lock()
         self._claimed = 0
 
     def process(self, path: Path, photo_changed: bool = False) -> Outcome:
-        """Caption one file if the rules allow it; return what happened (raises only ModelSetupError).
+        """Caption (and label) one file if the rules allow it; return what happened (raises only ModelSetupError).
 
         `photo_changed` says the photo was replaced since we captioned it: our own caption is renewed.
         """
         stages: dict[str, float] = {}
         try:
-            started = time.perf_counter()
-            metadata = self.exiftool.read(path, self.config.daemon.sidecar_name)
-            stages["read"] = time.perf_counter() - started
-            decision = decide(current_caption(metadata), self.options.source, self.options.force, photo_changed)
-            if not decision.caption:
-                return Outcome(path, SKIPPED, decision.reason)
+            with _timed(stages, "read"):
+                metadata = self.exiftool.read(path, self.config.daemon.sidecar_name)
+            embedded = writes_embedded(path, self.config.daemon.write)
+            decisions = self.decide(metadata, embedded, photo_changed)
+            todo = [kind for kind, decision in decisions.items() if decision.caption]
+            if not todo:
+                return Outcome(path, SKIPPED, "; ".join(decision.reason for decision in decisions.values()))
+            reason = "; ".join(decisions[kind].reason for kind in todo)
             if not self._claim():
                 return Outcome(path, SKIPPED, "--count reached")
             if self.options.dry_run:
-                return Outcome(path, WOULD_CAPTION, decision.reason)
-            started = time.perf_counter()
-            image = self.prepare(metadata)
-            stages["decode"] = time.perf_counter() - started - image.encode_seconds
+                return Outcome(path, WOULD_CAPTION, reason)
+            image = self.prepare(metadata, max(self.runs[kind].model.resolution for kind in todo))
+            stages["decode"] = image.decode_seconds
             stages["encode"] = image.encode_seconds
-            started = time.perf_counter()
-            caption, seconds = self.ask(image)
-            stages["request"] = time.perf_counter() - started
-            started = time.perf_counter()
-            embedded = self.write(metadata, caption)
-            stages["write"] = time.perf_counter() - started
-            return Outcome(path, CAPTIONED, decision.reason, caption, model_seconds=seconds, wrote_original=embedded,
-                           stages=stages)
+            with _timed(stages, "request"):
+                caption = self.ask_caption(image, metadata) if "caption" in todo else ""
+                keywords = self.ask_labels(image, metadata) if "labels" in todo else None
+            with _timed(stages, "write"):
+                wrote = self.write(metadata, embedded, caption, keywords)
+            return Outcome(path, CAPTIONED, reason, caption, None if keywords is None else tuple(keywords),
+                           model_seconds=stages["request"], wrote_original=wrote, stages=stages)
         except FileError as error:
             error.for_file(str(path))
             return Outcome(path, FAILED, error.reason, transient=error.transient,
                            crashed=bool(getattr(error, "crashed", False)))
 
-    def prepare(self, metadata: FileMetadata) -> PreparedImage:
-        """Return the JPEG for the model: decoded from the file, or from a RAW file's largest preview."""
+    def decide(self, metadata: FileMetadata, embedded: bool, photo_changed: bool) -> dict[str, Decision]:
+        """Return, per model type of this run, whether to generate and why."""
+        force = self.options.force
+        decisions = {}
+        if "caption" in self.runs:
+            decisions["caption"] = decide(current_caption(metadata), self.source("caption"), force, photo_changed)
+        if "labels" in self.runs:
+            decisions["labels"] = decide_labels(current_labels(metadata, embedded), self.source("labels"), force,
+                                                photo_changed)
+        return decisions
+
+    def source(self, kind: str) -> str:
+        """Return the source recorded for this model type: --source, or for `auto` the engine's own."""
+        return resolve_source(self.options.source, self.runs[kind].model.service.request_format)
+
+    def prepare(self, metadata: FileMetadata, resolution: int) -> PreparedImage:
+        """Return the JPEG for the model(s): decoded from the file, or from a RAW file's largest preview."""
         if is_raw(metadata.path):
+            started = time.perf_counter()
             preview = self.exiftool.extract_preview(metadata)
-            return prepare_bytes(preview, self.model.resolution, metadata.orientation)
-        return prepare_file(metadata.path, self.model.resolution)
+            image = prepare_bytes(preview, resolution, metadata.orientation)
+            return dataclasses.replace(image, decode_seconds=time.perf_counter() - started - image.encode_seconds)
+        return prepare_file(metadata.path, resolution)
 
-    def ask(self, image: PreparedImage) -> tuple[str, float]:
-        """Return the cleaned caption for an image and the seconds the model took."""
-        assert self.client is not None
-        with self._slots:
-            answer = self.client.describe(image.jpeg, self.model.prompt, self.model.system)
-        return clean_caption(answer.best_text, self.config.daemon.max_length), answer.seconds
+    def ask_caption(self, image: PreparedImage, metadata: FileMetadata) -> str:
+        """Return the cleaned caption the caption model gives for an image."""
+        run = self.runs["caption"]
+        assert run.client is not None
+        prompt = self.prompt(run.model, metadata) + self._language_instruction("Answer in {}.")
+        answer = run.client.describe(image.jpeg, prompt, run.model.system)
+        return clean_caption(answer.best_text, self.config.daemon.max_length)
 
-    def write(self, metadata: FileMetadata, caption: str) -> bool:
-        """Write the caption and its provenance to the sidecar or into the file; return whether into the file."""
-        embedded = writes_embedded(metadata.path, self.config.daemon.write)
-        provenance = Provenance(self.options.source, self.model.model_id)
-        plan = plan_caption(metadata, caption, provenance, embedded)
+    def ask_labels(self, image: PreparedImage, metadata: FileMetadata) -> list[str]:
+        """Return the keywords the labels model gives for an image (asked twice if it answers no JSON)."""
+        run = self.runs["labels"]
+        assert run.client is not None
+        normalize = (run.model.normalize or default_normalize(run.model.model_id)).lower()
+        system = run.model.system or (LABEL_SYSTEM if normalize == "single-word" else LABEL_SYSTEM_PHRASE)
+        prompt = (self.prompt(run.model, metadata) + self._language_instruction(" Write the label names in {}.")
+                  + "\n" + SCHEMA_INSTRUCTIONS)
+        for attempt in (1, 2):
+            answer = run.client.describe(image.jpeg, prompt, system, schema=LABELS_SCHEMA)
+            try:
+                labels = parse_labels(answer.best_text)
+                break
+            except AnswerError:
+                if attempt == 2:
+                    raise
+                log.info("the labels answer held no JSON; asking once more")
+        return select_labels(labels, self.config.thresholds, normalize)
+
+    def prompt(self, model: ModelConfig, metadata: FileMetadata) -> str:
+        """Return the model's prompt with {folder}, {date}, {camera} and {keywords} filled in where it asks."""
+        prompt = model.prompt
+        if "{" not in prompt:
+            return prompt
+        context = {"folder": self._folder(metadata.path), **metadata.context()}
+        for name, value in context.items():
+            prompt = prompt.replace("{" + name + "}", value or "unknown")
+        return prompt
+
+    def write(self, metadata: FileMetadata, embedded: bool, caption: str, keywords: list[str] | None) -> bool:
+        """Write caption and keywords with their provenance in one exiftool call; return whether into the file."""
+        target = metadata.path if embedded else metadata.sidecar
+        plan = WritePlan(target, embedded, {})
+        if caption:
+            provenance = Provenance(self.source("caption"), self.runs["caption"].model.model_id)
+            plan = plan_caption(metadata, caption, provenance, embedded)
+        if keywords is not None:
+            provenance = Provenance(self.source("labels"), self.runs["labels"].model.model_id)
+            plan = merge_plans(plan, plan_keywords(metadata, keywords, provenance, embedded))
         self.exiftool.apply(plan, metadata.path if embedded else metadata.sidecar)
         return embedded and not plan.empty
 
@@ -128,12 +201,53 @@ class Captioner:
         """Return whether --count files have been taken on."""
         return self.options.count is not None and self._claimed >= self.options.count
 
+    @property
+    def capacity(self) -> int:
+        """Return how many requests the run's model servers take at once."""
+        return max((run.client.capacity for run in self.runs.values() if run.client is not None),
+                   default=self.config.daemon.parallel)
+
     def _claim(self) -> bool:
         with self._count_lock:
             if self.count_reached:
                 return False
             self._claimed += 1
             return True
+
+    def _folder(self, path: Path) -> str:
+        originals = self.config.daemon.originals
+        parent = path.parent
+        if originals is not None and parent.resolve() == originals.resolve():
+            return ""
+        return parent.name
+
+    def _language_instruction(self, template: str) -> str:
+        language = self.config.daemon.language
+        if not language:
+            return ""
+        return " " + template.format(LANGUAGES.get(language.lower(), language))
+
+
+LANGUAGES = {"de": "German", "en": "English", "fr": "French", "es": "Spanish", "it": "Italian", "nl": "Dutch",
+             "pt": "Portuguese", "pl": "Polish", "sv": "Swedish", "da": "Danish", "nb": "Norwegian", "no": "Norwegian",
+             "fi": "Finnish", "cs": "Czech", "hu": "Hungarian", "ro": "Romanian", "el": "Greek", "tr": "Turkish",
+             "ru": "Russian", "uk": "Ukrainian", "ja": "Japanese", "zh": "Chinese", "ko": "Korean", "ar": "Arabic",
+             "he": "Hebrew", "hi": "Hindi"}
+
+
+def default_normalize(model_id: str) -> str:
+    """Return PhotoPrism's default label normalisation: `phrase` for hosted models, else `single-word`."""
+    hosted = ":cloud" in model_id or model_id.startswith(("gpt-", "o1", "o3", "o4"))
+    return "phrase" if hosted else "single-word"
+
+
+@contextmanager
+def _timed(stages: dict[str, float], stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[stage] = time.perf_counter() - started
 
 
 def run_pipeline(captioner: Captioner, paths: Iterable[Path], on_outcome: Callable[[Outcome], None],
@@ -144,7 +258,7 @@ def run_pipeline(captioner: Captioner, paths: Iterable[Path], on_outcome: Callab
     workers than the server's parallel slots, and never more than twice that many files queued.
     """
     stop = stop or threading.Event()
-    workers = captioner.config.daemon.parallel + 2
+    workers = captioner.capacity + 2
     failure: list[ModelSetupError] = []
 
     def work(path: Path) -> None:

@@ -41,18 +41,20 @@ PROBE_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 class WatchService:
     """Runs the daemon until `stop` is set."""
 
-    def __init__(self, config: Config, captioner: Captioner, client: ModelClient, state: StateStore,
+    def __init__(self, config: Config, captioner: Captioner, clients: list[ModelClient], state: StateStore,
                  metrics: Metrics | None = None, notifier: SystemdNotifier | None = None) -> None:
         assert config.daemon.originals is not None
         self.config = config
         self.originals = config.daemon.originals
         self.captioner = captioner
-        self.client = client
+        self.clients = clients
         self.state = state
         self.metrics = metrics or Metrics()
+        for client in clients:
+            client.on_answer = self.metrics.observe_answer
         self.notifier = notifier or SystemdNotifier()
         self.settle = config.daemon.settle
-        self.workers = config.daemon.parallel + 2
+        self.workers = captioner.capacity + 2
         self.stop = threading.Event()
         self._wake = threading.Event()
         self._rescan_requested = threading.Event()
@@ -254,7 +256,8 @@ class WatchService:
         _, waiting = concurrent.futures.wait(in_flight, timeout=5)
         if waiting:
             log.info("stopping: abandoning %d requests to the model (they stay queued)", len(waiting))
-            self.client.close()
+            for client in self.clients:
+                client.close()
             concurrent.futures.wait(waiting)
 
     def _handle(self, row: FileState) -> None:
@@ -280,14 +283,13 @@ class WatchService:
         self._last_progress = time.monotonic()
         self._model_failures, self._model_error = 0, ""
         self.metrics.files.labels(outcome.status).inc()
-        if outcome.model_seconds:
-            self.metrics.model_seconds.observe(outcome.model_seconds)
         name = self._relative(row.path)
         if outcome.status != FAILED:
             final_stat = Stat.of(row.path) if outcome.wrote_original else stat
             self.state.finish(row.path, DONE, final_stat, outcome.reason)
             if outcome.status == CAPTIONED:
-                log.info("captioned %s: %s", name, outcome.caption)
+                keywords = f" [{', '.join(outcome.keywords)}]" if outcome.keywords else ""
+                log.info("captioned %s: %s%s", name, outcome.caption or "(labels only)", keywords)
             return
         if not outcome.transient:
             self.state.finish(row.path, STATE_FAILED, stat, outcome.reason)
@@ -319,7 +321,8 @@ class WatchService:
         if self.stop.wait(delay):
             return False
         try:
-            self.client.check(retry=False)
+            for client in self.clients:
+                client.check(retry=False)
         except ModelSetupError as error:
             self._model_error = str(error)
             log.warning("model server still unavailable: %s", error)

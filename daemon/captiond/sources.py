@@ -54,6 +54,16 @@ class CurrentCaption:
 
 
 @dataclass(frozen=True)
+class CurrentLabels:
+    """The keywords readers see in the target, and what we recorded about the ones we added."""
+
+    keywords: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()  # XMP-captiond:AddedKeywords
+    recorded_source: str = ""  # XMP-captiond:LabelsSource
+    location: str = "sidecar"
+
+
+@dataclass(frozen=True)
 class Decision:
     """Whether to caption a file, and a short reason a user can read."""
 
@@ -101,6 +111,19 @@ def resolve_source(requested: str, engine: str) -> str:
     return requested
 
 
+def labels_source(current: CurrentLabels) -> str:
+    """Return the source of the labels we added, or "" when we added none.
+
+    If a person removed one of our keywords since, the labels count as theirs (`xmp` or `meta`).
+    """
+    if not current.recorded_source:
+        return ""
+    present = {keyword.casefold() for keyword in current.keywords}
+    if any(keyword.casefold() not in present for keyword in current.added):
+        return "xmp" if current.location == "sidecar" else "meta"
+    return current.recorded_source
+
+
 def decide(current: CurrentCaption, source: str, force: bool, photo_changed: bool = False) -> Decision:
     """Decide whether to generate a caption written with `source`, following PhotoPrism's --force rule.
 
@@ -112,16 +135,33 @@ def decide(current: CurrentCaption, source: str, force: bool, photo_changed: boo
     if not existing:
         reason = "no caption" if not current.text.strip() else "camera boilerplate caption"
         return Decision(True, reason)
+    return _decide_over(existing, source, force, photo_changed, "caption", "captioned")
+
+
+def decide_labels(current: CurrentLabels, source: str, force: bool, photo_changed: bool = False) -> Decision:
+    """Decide whether to generate labels; the same rule as captions, for the keywords we added.
+
+    Keywords a person added never block labels (they are kept beside ours); labels we added are
+    replaced only with force and a source of at least their priority.
+    """
+    existing = labels_source(current)
+    if not existing:
+        return Decision(True, "no labels yet")
+    return _decide_over(existing, source, force, photo_changed, "labels", "labelled")
+
+
+def _decide_over(existing: str, source: str, force: bool, photo_changed: bool, what: str, done: str) -> Decision:
     if photo_changed and existing == source:
-        return Decision(True, "the photo changed since it was captioned", existing)
+        return Decision(True, f"the photo changed since it was {done}", existing)
     if not force:
         if existing == source:
-            return Decision(False, f"already captioned ({existing})", existing)
-        return Decision(False, f"has a caption from {existing}", existing)
+            return Decision(False, f"already {done} ({existing})", existing)
+        return Decision(False, f"has {'a caption' if what == 'caption' else 'labels'} from {existing}", existing)
     if priority(source) >= priority(existing):
         return Decision(True, f"forced: {source} ({priority(source)}) >= {existing} ({priority(existing)})", existing)
     return Decision(
         False,
-        f"has a caption from {existing} ({priority(existing)}), higher than {source} ({priority(source)})",
+        f"has {'a caption' if what == 'caption' else 'labels'} from {existing} ({priority(existing)}), "
+        f"higher than {source} ({priority(source)})",
         existing,
     )

@@ -1,0 +1,454 @@
+"""The six benchmarks (B1..B6). Each generates or reuses its inputs, runs the real captiond and
+returns its measurements against the targets of the issue."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from harness import (
+    MemorySampler,
+    RunResult,
+    WatchProcess,
+    available_cores,
+    captiond_status,
+    median_seconds,
+    model_server,
+    percentile,
+    read_status_kilobytes,
+    remove_sidecars,
+    run_captiond,
+    write_config,
+)
+from inputs import (
+    LibraryRecipe,
+    PhotoRecipe,
+    heic_photo,
+    library_photos,
+    photo_library,
+    raw_with_preview,
+    tiny_library,
+)
+from results import BenchmarkResult, Measurement
+
+log = logging.getLogger("bench")
+
+RESOLUTION = 720  # captiond's default Models[].Resolution
+TWELVE_MEGAPIXELS = PhotoRecipe(4000, 3000)
+THREE_MEGAPIXELS = PhotoRecipe(2000, 1500)
+TWO_MEGAPIXELS = PhotoRecipe(1600, 1200, quality=90)
+SMALL = PhotoRecipe(640, 480, quality=90)
+SCAN_LINE = r"scanned (?P<directory>.+?): (?P<photos>\d+) photos, (?P<queued>\d+) queued, in (?P<seconds>[\d.]+)s"
+MEGABYTE = 1024  # kB per MB (VmRSS is in kB)
+FLAT_GROWTH_MEGABYTES = 10.0  # "flat": resident memory grows by no more than this from 20% to 90% of the run
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of every benchmark for one mode (full or --quick)."""
+
+    quick: bool
+    throughput_photos: int
+    decode_floor_samples: int
+    busy_photos: dict[int, int]  # Parallel -> photos
+    busy_latency: float
+    watch_files: int
+    watch_rate: float
+    watch_settle: float
+    rescan_files: int
+    rescan_full_files: int
+    memory_photos: int
+    prepare_repetitions: int
+
+    @classmethod
+    def full(cls) -> Settings:
+        return cls(False, 300, 15, {1: 100, 4: 200}, 0.2, 200, 20.0, 1.0, 100_000, 100_000, 3000, 7)
+
+    @classmethod
+    def quick_mode(cls) -> Settings:
+        return cls(True, 40, 7, {1: 20, 4: 40}, 0.2, 40, 20.0, 1.0, 10_000, 100_000, 400, 3)
+
+
+@dataclass(frozen=True)
+class Folders:
+    """bench/out: cached inputs (deterministic, reused) and this run's work files (configs, logs, state)."""
+
+    out: Path
+
+    @property
+    def inputs(self) -> Path:
+        return self.out / "inputs"
+
+    def work(self, key: str) -> Path:
+        folder = self.out / "work" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+
+def megabytes(kilobytes: float | None) -> float | None:
+    return None if kilobytes is None else round(kilobytes / MEGABYTE, 1)
+
+
+def captioning_seconds(run: RunResult) -> float:
+    """The seconds captiond spent captioning: its report's own clock (after startup and the scan)."""
+    if run.report and isinstance(run.report.get("seconds"), int | float):
+        return float(run.report["seconds"])  # type: ignore[arg-type]
+    return run.wall_seconds
+
+
+def check_run(run: RunResult, expected: int) -> None:
+    """Raise unless captiond captioned exactly the expected number of photos."""
+    captioned = run.report.get("captioned") if run.report else None
+    if run.exit_code != 0 or (captioned is not None and captioned != expected):
+        raise RuntimeError(f"captiond run exited {run.exit_code}, captioned {captioned} of {expected}:\n"
+                           f"{run.stdout[-2000:]}\n{run.log_path.read_text(errors='replace')[-2000:]}")
+
+
+def run_summary(run: RunResult) -> dict[str, Any]:
+    return {"exit_code": run.exit_code, "wall_seconds": round(run.wall_seconds, 3), "report": run.report,
+            "summary_line": run.stdout.strip().splitlines()[0] if run.stdout.strip() else "",
+            "cpu_seconds_captiond_and_exiftool": round(run.cpu.children, 2),
+            "cpu_seconds_emulator_and_bench": round(run.cpu.benchmark, 2),
+            "peak_rss_mb": megabytes(run.memory.peak_kilobytes),
+            "exiftool_peak_rss_mb": megabytes(run.memory.children_peak_kilobytes)}
+
+
+# ---------------------------------------------------------------- B1 throughput
+
+def decode_seconds(path: Path) -> float:
+    """Time what captiond's imaging does with a JPEG: open, draft-decode and downscale to 720 px."""
+    started = time.perf_counter()
+    with Image.open(path) as image:
+        image.draft("RGB", (RESOLUTION, RESOLUTION * 3 // 4))
+        image.thumbnail((RESOLUTION, RESOLUTION))
+    return time.perf_counter() - started
+
+
+def decode_floor(photos: list[Path]) -> dict[str, float]:
+    """The machine's decode floor: cores / median seconds to draft-decode one photo (images/s)."""
+    for photo in photos:  # warm the page cache, as for captiond (its photos were just generated or read)
+        photo.read_bytes()
+    timings = [decode_seconds(photo) for photo in photos]
+    median = statistics.median(timings)
+    return {"median_decode_ms": round(median * 1000, 2), "cores": available_cores(),
+            "floor_images_per_second": round(available_cores() / median, 2), "samples": len(photos)}
+
+
+def throughput(settings: Settings, folders: Folders) -> BenchmarkResult:
+    """B1: images/s of `captiond run` with an instant model, 12 MP JPEGs, sidecars, Parallel 4."""
+    result = BenchmarkResult("B1", "throughput, instant model")
+    count = settings.throughput_photos
+    recipe = LibraryRecipe(TWELVE_MEGAPIXELS, count, count, 50)
+    library, built = photo_library(folders.inputs / f"photos-12mp-{count}", recipe)
+    floor = decode_floor(library_photos(library, recipe)[:settings.decode_floor_samples])
+    remove_sidecars(library)
+    work = folders.work("B1")
+    with model_server(latency=0.0, parallel=4) as server:
+        config = write_config(work / "vision.yml", server.url, Parallel=4, Write="sidecar")
+        run = run_captiond(["--config", config, "--originals", library], work / "run.log", work / "report.json")
+        requests = len(server.generation_requests())
+        max_in_flight = server.max_processing
+    check_run(run, count)
+    seconds = captioning_seconds(run)
+    rate = count / seconds
+    ratio = rate / floor["floor_images_per_second"]
+    stages = (run.report or {}).get("stages_ms") or {}
+    result.details = {"photos": count, "photo": "4000x3000 JPEG q92, ~3.5 MB", "inputs_generated_now": built,
+                      "decode_floor": floor, "images_per_second": round(rate, 2),
+                      "images_per_second_wall": round(count / run.wall_seconds, 2),
+                      "ratio_to_floor": round(ratio, 3), "stages_ms": stages, "requests": requests,
+                      "max_requests_in_flight": max_in_flight,
+                      "cpu_ms_per_image_captiond_and_exiftool": round(1000 * run.cpu.children / count, 1),
+                      "cpu_ms_per_image_emulator": round(1000 * run.cpu.benchmark / count, 1),
+                      "run": run_summary(run)}
+    result.measurements.append(Measurement(
+        "B1 throughput ÷ decode floor", round(ratio, 3),
+        f"{rate:.1f} img/s ÷ {floor['floor_images_per_second']:.1f} = {ratio:.2f}", "≥ 0.80", ratio >= 0.8,
+        f"floor = {floor['cores']} cores ÷ {floor['median_decode_ms']:.1f} ms median draft-decode+downscale"))
+    if stages:
+        shown = ", ".join(f"{stage} {value:.1f}" for stage, value in stages.items())
+        result.measurements.append(Measurement("B1 stages (ms per image, wall in a worker)", None, shown,
+                                               "for the record", None))
+    else:
+        result.measurements.append(Measurement("B1 stages (ms per image)", None, "not reported", "for the record",
+                                               None, "this captiond has no `run --report` stages_ms"))
+    return result
+
+
+# ---------------------------------------------------------------- B2 model-busy ratio
+
+def startup_seconds(config: Path, work: Path) -> float:
+    """Wall time of `captiond run` on an empty library: start, model check, exiftool, scan, exit."""
+    empty = work / "empty-library"
+    empty.mkdir(exist_ok=True)
+    timings = [run_captiond(["--config", config, "--originals", empty], work / "startup.log").wall_seconds
+               for _ in range(3)]
+    return statistics.median(timings)
+
+
+def busy_ratio(settings: Settings, folders: Folders) -> BenchmarkResult:
+    """B2: wall time ÷ ideal (N × latency ÷ Parallel) with a 200 ms model, Parallel 1 and 4."""
+    result = BenchmarkResult("B2", "model-busy ratio, 200 ms model")
+    largest = max(settings.busy_photos.values())
+    per_folder = 10
+    recipe = LibraryRecipe(THREE_MEGAPIXELS, largest, largest, per_folder)
+    library, built = photo_library(folders.inputs / f"photos-3mp-{largest}", recipe)
+    result.details = {"photo": "2000x1500 JPEG q92 (3 MP)", "latency_seconds": settings.busy_latency,
+                      "inputs_generated_now": built}
+    targets = {1: 1.03, 4: 1.05}
+    for parallel, count in sorted(settings.busy_photos.items()):
+        work = folders.work(f"B2-P{parallel}")
+        remove_sidecars(library)
+        albums = [f"album-{index:04d}" for index in range(count // per_folder)]
+        with model_server(latency=settings.busy_latency, parallel=parallel) as server:
+            config = write_config(work / "vision.yml", server.url, Parallel=parallel, Write="sidecar")
+            startup = startup_seconds(config, work)
+            run = run_captiond(["--config", config, "--originals", library, *albums], work / "run.log",
+                               work / "report.json")
+            max_in_flight = server.max_processing
+        check_run(run, count)
+        ideal = count * settings.busy_latency / parallel
+        seconds = captioning_seconds(run)
+        ratio = seconds / ideal
+        wall_ratio = (run.wall_seconds - startup) / ideal
+        result.details[f"P{parallel}"] = {
+            "photos": count, "ideal_seconds": round(ideal, 3), "captioning_seconds": round(seconds, 3),
+            "ratio": round(ratio, 4), "startup_seconds": round(startup, 3),
+            "wall_minus_startup_ratio": round(wall_ratio, 4), "max_requests_in_flight": max_in_flight,
+            "run": run_summary(run)}
+        result.measurements.append(Measurement(
+            f"B2 busy ratio P{parallel} (N={count})", round(ratio, 4),
+            f"{seconds:.2f} s ÷ {ideal:.1f} s = {ratio:.3f}", f"≤ {targets[parallel]:.2f}",
+            ratio <= targets[parallel],
+            f"wall − startup ({startup:.2f} s) gives {wall_ratio:.3f}; server saw at most {max_in_flight} at once"))
+    return result
+
+
+# ---------------------------------------------------------------- B3 watch latency
+
+def drop_file(source: Path, destination: Path) -> float:
+    """Deliver a photo as rsync does (hidden temporary name, then rename); return the moment it landed."""
+    temporary = destination.with_name(f".{destination.name}.x7Tq2b")
+    shutil.copyfile(source, temporary)
+    os.rename(temporary, destination)
+    return time.monotonic()
+
+
+def drop_and_wait(sources: list[Path], originals: Path, rate: float, timeout: float) -> dict[str, float]:
+    """Drop photos at `rate` per second and poll every 10 ms for their sidecars; return seconds from
+    each photo landing to its sidecar appearing (photos whose sidecar never came are left out)."""
+    started = time.monotonic()
+    landed: dict[Path, float] = {}
+    outstanding: dict[Path, Path] = {}
+    delays: dict[str, float] = {}
+    next_index = 0
+    while next_index < len(sources) or outstanding:
+        now = time.monotonic()
+        if next_index < len(sources) and now >= started + next_index / rate:
+            destination = originals / f"IMG_{next_index:06d}.jpg"
+            landed[destination] = drop_file(sources[next_index], destination)
+            outstanding[Path(f"{destination}.xmp")] = destination
+            next_index += 1
+            continue
+        for sidecar, photo in list(outstanding.items()):
+            if os.path.exists(sidecar):
+                delays[photo.name] = time.monotonic() - landed[photo]
+                del outstanding[sidecar]
+        if next_index >= len(sources) and now - started > len(sources) / rate + timeout:
+            break
+        time.sleep(0.01)
+    return delays
+
+
+def watch_latency(settings: Settings, folders: Folders) -> BenchmarkResult:
+    """B3: seconds from a photo landing to its sidecar, minus Settle, at 20 photos/s (p50, p95)."""
+    result = BenchmarkResult("B3", "watch latency")
+    count = settings.watch_files
+    recipe = LibraryRecipe(SMALL, count, count, count)
+    pool, built = photo_library(folders.inputs / f"photos-small-{count}", recipe)
+    work = folders.work("B3")
+    originals, state = work / "originals", work / "state"
+    for folder in (originals, state):
+        shutil.rmtree(folder, ignore_errors=True)
+    originals.mkdir()
+    with model_server(latency=0.0, parallel=4) as server:
+        config = write_config(work / "vision.yml", server.url, Parallel=4, Settle=settings.watch_settle,
+                              Write="sidecar")
+        with WatchProcess(config, originals, state, work / "watch.log") as daemon:
+            daemon.wait_for_log(SCAN_LINE, timeout=60)
+            delays = drop_and_wait(library_photos(pool, recipe), originals, settings.watch_rate, timeout=30)
+            exit_code = daemon.stop()
+    latencies = sorted(delay - settings.watch_settle for delay in delays.values())
+    missing = count - len(latencies)
+    p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
+    result.details = {"files": count, "rate_per_second": settings.watch_rate, "settle_seconds": settings.watch_settle,
+                      "photo": "640x480 JPEG", "parallel": 4, "inputs_generated_now": bool(built),
+                      "missing_sidecars": missing, "p50_seconds": round(p50, 3), "p95_seconds": round(p95, 3),
+                      "max_seconds": round(latencies[-1], 3), "min_seconds": round(latencies[0], 3),
+                      "mean_seconds": round(statistics.fmean(latencies), 3), "daemon_exit_code": exit_code}
+    result.measurements.append(Measurement(
+        "B3 watch latency over Settle, p50 / p95", round(p95, 3),
+        f"p50 {p50:.2f} s, p95 {p95:.2f} s (max {latencies[-1]:.2f})", "p95 ≤ 1 s", p95 <= 1.0 and missing == 0,
+        f"{missing} sidecars never appeared" if missing else ""))
+    return result
+
+
+# ---------------------------------------------------------------- B4 rescan
+
+def populate_state(library: Path, state: Path, config: Path, count: int, log_path: Path) -> dict[str, Any]:
+    """Run `captiond watch` until every photo is done (queue 0); a cached state makes this a quick rescan."""
+    started = time.monotonic()
+    with WatchProcess(config, library, state, log_path) as daemon:
+        first_scan = daemon.wait_for_log(SCAN_LINE, timeout=600)
+        last_report = 0.0
+        while True:
+            status = captiond_status(config, state)
+            counts = (status or {}).get("counts") or {}
+            if status and status.get("queue") == 0 and counts.get("done", 0) + counts.get("failed", 0) >= count:
+                break
+            if time.monotonic() - last_report > 60:
+                log.info("  B4: captioning the %d-photo library once (cached afterwards): %s done",
+                         count, counts.get("done", "?"))
+                last_report = time.monotonic()
+            if daemon.process.poll() is not None:
+                raise RuntimeError(f"captiond watch exited while populating:\n{daemon.log()[-3000:]}")
+            time.sleep(2)
+        daemon.stop()
+    return {"seconds": round(time.monotonic() - started, 1), "queued_at_start": int(first_scan["queued"]),
+            "counts": counts}
+
+
+def measure_rescan(library: Path, state: Path, config: Path, log_path: Path) -> dict[str, Any]:
+    """Start `captiond watch` on the captioned library; return its first full scan's time and its peak RSS."""
+    with WatchProcess(config, library, state, log_path) as daemon:
+        scan = daemon.wait_for_log(SCAN_LINE, timeout=600, poll_interval=0.02)
+        seen = time.monotonic() - daemon.started
+        time.sleep(0.5)  # let anything the scan started settle before reading the peak
+        peak = read_status_kilobytes(daemon.process_id, "VmHWM")
+        resident = read_status_kilobytes(daemon.process_id, "VmRSS")
+        exit_code = daemon.stop()
+    return {"scan_seconds": float(scan["seconds"]), "photos": int(scan["photos"]), "queued": int(scan["queued"]),
+            "start_to_scan_line_seconds": round(seen, 2), "peak_rss_mb": megabytes(peak),
+            "rss_after_scan_mb": megabytes(resident), "exit_code": exit_code}
+
+
+def rescan(settings: Settings, folders: Folders) -> BenchmarkResult:
+    """B4: first full scan of an unchanged, fully captioned library by a restarted `captiond watch`."""
+    result = BenchmarkResult("B4", "rescan of an unchanged library")
+    count = settings.rescan_files
+    library, built = tiny_library(folders.inputs / f"tiny-{count}", count)
+    state = folders.inputs / f"tiny-{count}.state"  # cached with the library: it names the library's paths
+    if built:
+        shutil.rmtree(state, ignore_errors=True)
+    work = folders.work("B4")
+    with model_server(latency=0.0, parallel=4) as server:
+        config = write_config(work / "vision.yml", server.url, Parallel=4, Write="sidecar", StateDir=state)
+        population = populate_state(library, state, config, count, work / "populate.log")
+        measured = measure_rescan(library, state, config, work / "rescan.log")
+    scale = settings.rescan_full_files / count
+    seconds, peak = measured["scan_seconds"], measured["peak_rss_mb"]
+    label = f"(measured on {count:,} files, ×{scale:g} linear)" if scale != 1 else f"({count:,} files)"
+    result.details = {"files": count, "folders": -(-count // 100), "photo": "160x120 JPEG copies",
+                      "library_generated_now": built, "population": population, "rescan": measured,
+                      "extrapolated_to": settings.rescan_full_files if scale != 1 else None}
+    problem = "" if measured["queued"] == 0 else f"the rescan queued {measured['queued']} photos (expected 0)"
+    result.measurements.append(Measurement(
+        f"B4 rescan seconds {label}", round(seconds * scale, 2),
+        f"{seconds * scale:.1f} s" + (f" (measured {seconds:.1f} s)" if scale != 1 else ""), "≤ 5 s",
+        seconds * scale <= 5.0 and not problem, problem))
+    result.measurements.append(Measurement(
+        f"B4 rescan peak RSS ({count:,} files)", peak, f"{peak:.0f} MB", "≤ 150 MB",
+        peak is not None and peak <= 150, "not extrapolated: measured at 10k files only" if scale != 1 else ""))
+    return result
+
+
+# ---------------------------------------------------------------- B5 memory over a backfill
+
+def memory(settings: Settings, folders: Folders) -> BenchmarkResult:
+    """B5: peak RSS of `captiond run` over a long backfill, and whether it grows (20% -> 90% of the run)."""
+    result = BenchmarkResult("B5", "memory over a backfill")
+    count = settings.memory_photos
+    recipe = LibraryRecipe(TWO_MEGAPIXELS, count, min(count, 100), 100)
+    library, built = photo_library(folders.inputs / f"photos-2mp-{count}", recipe)
+    remove_sidecars(library)
+    work = folders.work("B5")
+    with model_server(latency=0.0, parallel=4) as server:
+        config = write_config(work / "vision.yml", server.url, Parallel=4, Write="sidecar")
+        run = run_captiond(["--config", config, "--originals", library], work / "run.log", work / "report.json")
+    check_run(run, count)
+    sampler: MemorySampler = run.memory
+    peak = megabytes(sampler.peak_kilobytes) or 0.0
+    at_20, at_90 = megabytes(sampler.resident_at_fraction(0.2)), megabytes(sampler.resident_at_fraction(0.9))
+    growth = round((at_90 or 0.0) - (at_20 or 0.0), 1)
+    flat = growth <= FLAT_GROWTH_MEGABYTES
+    result.details = {"photos": count, "photo": "1600x1200 JPEG q90 (1.9 MP), 100 distinct", "parallel": 4,
+                      "inputs_generated_now": built, "peak_rss_mb": peak, "rss_at_20_percent_mb": at_20,
+                      "rss_at_90_percent_mb": at_90, "growth_mb": growth,
+                      "samples": [(round(moment, 1), megabytes(kilobytes)) for moment, kilobytes in sampler.samples],
+                      "run": run_summary(run)}
+    result.measurements.append(Measurement(f"B5 peak RSS over {count:,}-photo backfill", peak, f"{peak:.0f} MB",
+                                           "≤ 200 MB", peak <= 200))
+    result.measurements.append(Measurement(
+        "B5 RSS growth, 20% → 90% of the run", growth, f"{growth:+.1f} MB ({at_20:.0f} → {at_90:.0f} MB)",
+        f"flat (≤ {FLAT_GROWTH_MEGABYTES:.0f} MB)", flat))
+    return result
+
+
+# ---------------------------------------------------------------- B6 preparing HEIC and RAW
+
+def prepare_times(settings: Settings, folders: Folders) -> BenchmarkResult:
+    """B6: captiond's own functions, in this process: a 12 MP HEIC, a RAW with a 12 MP preview, a 12 MP JPEG."""
+    from captiond.imaging import prepare_bytes, prepare_file
+    from captiond.metadata import Exiftool
+
+    result = BenchmarkResult("B6", "preparing HEIC and RAW")
+    heic, heic_built = heic_photo(folders.inputs / "heic-12mp", TWELVE_MEGAPIXELS)
+    raw, raw_built = raw_with_preview(folders.inputs / "dng-12mp-preview", TWELVE_MEGAPIXELS)
+    jpeg_recipe = LibraryRecipe(TWELVE_MEGAPIXELS, 1, 1, 1)
+    jpeg_library, _ = photo_library(folders.inputs / "photos-12mp-1", jpeg_recipe)
+    jpeg = library_photos(jpeg_library, jpeg_recipe)[0]
+    repetitions = settings.prepare_repetitions
+    timings: dict[str, float] = {}
+    timings["heic_prepare"] = median_seconds(lambda: prepare_file(heic, RESOLUTION), repetitions)
+    timings["jpeg_prepare"] = median_seconds(lambda: prepare_file(jpeg, RESOLUTION), repetitions)
+    with Exiftool() as exiftool:
+        metadata = exiftool.read(raw)
+        preview = exiftool.extract_preview(metadata)
+        timings["raw_read"] = median_seconds(lambda: exiftool.read(raw), repetitions)
+        timings["raw_extract_preview"] = median_seconds(lambda: exiftool.extract_preview(metadata), repetitions)
+        timings["raw_prepare_preview"] = median_seconds(
+            lambda: prepare_bytes(preview, RESOLUTION, metadata.orientation), repetitions)
+
+        def whole_raw() -> None:
+            read = exiftool.read(raw)
+            prepare_bytes(exiftool.extract_preview(read), RESOLUTION, read.orientation)
+
+        timings["raw_total"] = median_seconds(whole_raw, repetitions)
+    milliseconds = {name: round(seconds * 1000, 1) for name, seconds in timings.items()}
+    result.details = {"repetitions": repetitions, "median_ms": milliseconds,
+                      "heic": {"size": "4000x3000", "bytes": heic.stat().st_size, "generated_now": heic_built},
+                      "raw": {"file": "tests/fixtures/DNG_with_preview.dng with a 4000x3000 PreviewImage",
+                              "bytes": raw.stat().st_size, "preview_bytes": len(preview), "generated_now": raw_built},
+                      "jpeg": {"size": "4000x3000", "bytes": jpeg.stat().st_size}}
+    result.measurements.append(Measurement("B6 prepare 12 MP HEIC (median)", milliseconds["heic_prepare"],
+                                           f"{milliseconds['heic_prepare']:.0f} ms", "for the record", None))
+    result.measurements.append(Measurement(
+        "B6 prepare RAW, 12 MP preview (median)", milliseconds["raw_total"],
+        f"{milliseconds['raw_total']:.0f} ms (read {milliseconds['raw_read']:.0f} + extract "
+        f"{milliseconds['raw_extract_preview']:.0f} + prepare {milliseconds['raw_prepare_preview']:.0f})",
+        "for the record", None))
+    result.measurements.append(Measurement("B6 prepare 12 MP JPEG (median, comparison)", milliseconds["jpeg_prepare"],
+                                           f"{milliseconds['jpeg_prepare']:.0f} ms", "for the record", None))
+    return result
+
+
+BENCHMARKS = {"B1": throughput, "B2": busy_ratio, "B3": watch_latency, "B4": rescan, "B5": memory,
+              "B6": prepare_times}

@@ -1,0 +1,333 @@
+"""What every benchmark needs: the model emulator, a vision.yml, captiond as a subprocess, memory sampling.
+
+captiond always runs as a user runs it: the `captiond` console script of the project's venv, in its
+own process, talking HTTP to the Ollama emulator (tests/emulator.py) on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+BENCH_DIRECTORY = Path(__file__).resolve().parent
+PROJECT_DIRECTORY = BENCH_DIRECTORY.parent
+TESTS_DIRECTORY = PROJECT_DIRECTORY / "tests"
+CAPTIOND_EXECUTABLE = Path(sys.executable).parent / "captiond"
+MODEL_NAME = "qwen2.5vl:3b"
+
+sys.path.insert(0, str(TESTS_DIRECTORY))
+from emulator import OllamaEmulator, RecordedRequest  # noqa: E402  (tests/ is not a package)
+
+
+class LeanEmulator(OllamaEmulator):
+    """The tests' Ollama emulator, recording each request without its body.
+
+    The tests keep every request body (the base64 image included); over thousands of requests that
+    would cost the benchmark process hundreds of megabytes, so only method, path and time are kept.
+    """
+
+    def _record(self, request: RecordedRequest) -> None:
+        super()._record(RecordedRequest(request.method, request.path, {}, None, request.time))
+
+
+@contextmanager
+def model_server(latency: float, parallel: int) -> Iterator[LeanEmulator]:
+    """Run the emulator with a fixed answer latency (seconds) and number of parallel slots."""
+    with LeanEmulator(latency=latency, parallel=parallel) as server:
+        yield server
+
+
+# ---------------------------------------------------------------- configuration
+
+def write_config(path: Path, server_url: str, **daemon_settings: object) -> Path:
+    """Write a vision.yml pointing captiond at the emulator, with the given Daemon settings."""
+    document = {
+        "Models": [{"Type": "caption", "Model": MODEL_NAME, "Engine": "ollama",
+                    "Service": {"Uri": f"{server_url}/api/generate"}}],
+        "Daemon": {key: str(value) if isinstance(value, Path) else value for key, value in daemon_settings.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def captiond_environment() -> dict[str, str]:
+    """The environment for captiond: ours, minus anything that would pick another config or model."""
+    ignored = ("CAPTIOND_CONFIG", "OLLAMA_BASE_URL", "OLLAMA_MODEL", "OLLAMA_API_KEY", "OPENAI_API_KEY",
+               "PHOTOPRISM_ORIGINALS_PATH", "STATE_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC")
+    return {key: value for key, value in os.environ.items() if key not in ignored}
+
+
+def captiond_supports(command: str, option: str) -> bool:
+    """Return whether `captiond COMMAND --help` lists an option (the package is changing under us)."""
+    result = subprocess.run([str(CAPTIOND_EXECUTABLE), command, "--help"], capture_output=True, text=True,
+                            env=captiond_environment(), check=False)
+    return option in result.stdout
+
+
+# ---------------------------------------------------------------- memory of a running process
+
+def read_status_kilobytes(process_id: int, field_name: str) -> int | None:
+    """Return a field of /proc/PID/status in kB (VmRSS, VmHWM), or None once the process is gone."""
+    try:
+        with open(f"/proc/{process_id}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith(f"{field_name}:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def child_process_ids(process_id: int) -> list[int]:
+    """Return the direct children of a process (exiftool, for captiond)."""
+    try:
+        text = Path(f"/proc/{process_id}/task/{process_id}/children").read_text()
+    except OSError:
+        return []
+    return [int(word) for word in text.split()]
+
+
+class MemorySampler:
+    """Samples a process's resident memory (and its children's) every `interval` seconds in a thread."""
+
+    def __init__(self, process_id: int, interval: float = 0.2) -> None:
+        self.process_id = process_id
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []  # (seconds since start, VmRSS in kB)
+        self.peak_kilobytes = 0  # the highest VmHWM seen: the process's own peak, sampled or not
+        self.children_peak_kilobytes = 0  # exiftool, for the record
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> MemorySampler:
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def sample_now(self) -> None:
+        """Take one sample (also called right before the process is stopped)."""
+        resident = read_status_kilobytes(self.process_id, "VmRSS")
+        peak = read_status_kilobytes(self.process_id, "VmHWM")
+        if resident is None or peak is None:
+            return
+        self.samples.append((time.monotonic() - self._started, resident))
+        self.peak_kilobytes = max(self.peak_kilobytes, peak)
+        children = sum(read_status_kilobytes(child, "VmRSS") or 0 for child in child_process_ids(self.process_id))
+        self.children_peak_kilobytes = max(self.children_peak_kilobytes, children)
+
+    def resident_at_fraction(self, fraction: float) -> int | None:
+        """Return the sampled VmRSS (kB) nearest to a fraction of the sampled duration."""
+        if not self.samples:
+            return None
+        moment = self.samples[-1][0] * fraction
+        return min(self.samples, key=lambda sample: abs(sample[0] - moment))[1]
+
+    def _loop(self) -> None:
+        while True:
+            self.sample_now()
+            if self._stop.wait(self.interval):
+                return
+
+
+# ---------------------------------------------------------------- CPU time
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """CPU seconds used by reaped children (captiond and, through it, exiftool) and by this process
+    (the emulator's threads and the benchmark's own sampling)."""
+
+    children: float
+    benchmark: float
+
+    @classmethod
+    def now(cls) -> CpuTimes:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        itself = resource.getrusage(resource.RUSAGE_SELF)
+        return cls(children.ru_utime + children.ru_stime, itself.ru_utime + itself.ru_stime)
+
+    def since(self, earlier: CpuTimes) -> CpuTimes:
+        return CpuTimes(self.children - earlier.children, self.benchmark - earlier.benchmark)
+
+
+# ---------------------------------------------------------------- captiond run
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished `captiond run`."""
+
+    exit_code: int
+    wall_seconds: float
+    stdout: str
+    log_path: Path
+    report: dict[str, object] | None
+    memory: MemorySampler
+    cpu: CpuTimes
+
+
+def run_captiond(arguments: Sequence[str | Path], log_path: Path, report_path: Path | None = None,
+                 timeout: float = 3600, sample_interval: float = 0.2) -> RunResult:
+    """Run `captiond run ARGS` to its end, sampling its memory; return what it did."""
+    command = [str(CAPTIOND_EXECUTABLE), "run", *map(str, arguments)]
+    if report_path is not None:
+        report_path.unlink(missing_ok=True)
+        command += ["--report", str(report_path)]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cpu_before = CpuTimes.now()
+    started = time.monotonic()
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL,
+                                   env=captiond_environment())
+        sampler = MemorySampler(process.pid, sample_interval).start()
+        try:
+            stdout, _ = process.communicate(timeout=timeout)
+        finally:
+            sampler.stop()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    wall = time.monotonic() - started
+    report = read_json(report_path) if report_path is not None else None
+    return RunResult(process.returncode, wall, stdout.decode(errors="replace"), log_path, report, sampler,
+                     CpuTimes.now().since(cpu_before))
+
+
+def read_json(path: Path) -> dict[str, object] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def remove_sidecars(library: Path) -> int:
+    """Delete the XMP sidecars an earlier run wrote, so every photo needs a caption again."""
+    removed = 0
+    for directory, _, names in os.walk(library):
+        for name in names:
+            if name.endswith(".xmp"):
+                os.unlink(os.path.join(directory, name))
+                removed += 1
+    return removed
+
+
+# ---------------------------------------------------------------- captiond watch
+
+class WatchProcess:
+    """`captiond watch` in a subprocess, logging to a file; stopped with SIGTERM."""
+
+    def __init__(self, config: Path, originals: Path, state_directory: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offset = log_path.stat().st_size if log_path.exists() else 0
+        self.started = time.monotonic()
+        with log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                [str(CAPTIOND_EXECUTABLE), "watch", "--config", str(config), "--originals", str(originals),
+                 "--state-dir", str(state_directory)],
+                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=captiond_environment())
+
+    @property
+    def process_id(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        """Return what this process logged (not earlier runs appending to the same file)."""
+        with self.log_path.open("rb") as log_file:
+            log_file.seek(self._log_offset)
+            return log_file.read().decode(errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout: float, poll_interval: float = 0.05) -> re.Match[str]:
+        """Return the first match of a regular expression in the log; raise if it does not come in time."""
+        expression = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            match = expression.search(self.log())
+            if match:
+                return match
+            if self.process.poll() is not None:
+                raise RuntimeError(f"captiond watch exited ({self.process.returncode}) before /{pattern}/:\n"
+                                   + self.log()[-3000:])
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no /{pattern}/ in captiond watch's log after {timeout:.0f}s:\n"
+                                   + self.log()[-3000:])
+            time.sleep(poll_interval)
+
+    def stop(self, timeout: float = 60) -> int:
+        """Send SIGTERM and wait; kill it if it does not stop in time. Return the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def __enter__(self) -> WatchProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def captiond_status(config: Path, state_directory: Path) -> dict[str, object] | None:
+    """Return `captiond status --json` (queue, counts), or None if it cannot say yet."""
+    result = subprocess.run([str(CAPTIOND_EXECUTABLE), "status", "--json", "--config", str(config),
+                             "--state-dir", str(state_directory)], capture_output=True, text=True,
+                            env=captiond_environment(), check=False)
+    if result.returncode != 0:
+        return None
+    try:
+        value = json.loads(result.stdout)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# ---------------------------------------------------------------- small statistics
+
+def median_seconds(action: Callable[[], object], repetitions: int, warmup: int = 1) -> float:
+    """Return the median wall time of an action over several repetitions, after warm-up calls."""
+    for _ in range(warmup):
+        action()
+    timings = []
+    for _ in range(repetitions):
+        started = time.perf_counter()
+        action()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Return the nearest-rank percentile of values (fraction 0.95 = p95)."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
+    return ordered[rank - 1]
+
+
+def available_cores() -> int:
+    """Return the CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0))

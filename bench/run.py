@@ -1,0 +1,82 @@
+"""captiond's benchmark: `.venv/bin/python bench/run.py [--quick] [--only B1,B3]` (see bench/README.md).
+
+Generates its inputs (cached in bench/out/inputs/), runs the real `captiond` against the Ollama
+emulator on 127.0.0.1, prints the figure | measured | target | met? table and writes
+bench/out/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from figures import BENCHMARKS, Folders, Settings
+from harness import BENCH_DIRECTORY, CAPTIOND_EXECUTABLE
+from results import BenchmarkResult, table, write_json
+
+log = logging.getLogger("bench")
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark captiond against targets; see bench/README.md.")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes for a smoke test (under 2 minutes once the inputs are cached)")
+    parser.add_argument("--only", metavar="B1,B2", help="run only these benchmarks (comma-separated)")
+    parser.add_argument("--out", metavar="DIR", type=Path, default=BENCH_DIRECTORY / "out",
+                        help="where inputs are cached and results written (default: bench/out)")
+    return parser.parse_args(argv)
+
+
+def selected_benchmarks(only: str | None) -> list[str]:
+    if not only:
+        return list(BENCHMARKS)
+    keys = [key.strip().upper() for key in only.split(",") if key.strip()]
+    unknown = [key for key in keys if key not in BENCHMARKS]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s): {', '.join(unknown)} (choose from {', '.join(BENCHMARKS)})")
+    return keys
+
+
+def run_one(key: str, settings: Settings, folders: Folders) -> BenchmarkResult:
+    """Run one benchmark; a failure is recorded as that benchmark's error, and the others still run."""
+    log.info("%s ...", key)
+    started = time.monotonic()
+    try:
+        result = BENCHMARKS[key](settings, folders)
+    except Exception:  # noqa: BLE001 - one broken figure must not hide the others
+        result = BenchmarkResult(key, BENCHMARKS[key].__doc__.split(":")[0] if BENCHMARKS[key].__doc__ else key,
+                                 error=traceback.format_exc())
+        log.error("%s failed:\n%s", key, result.error)
+    result.seconds = time.monotonic() - started
+    log.info("%s done in %.1f s: %s", key, result.seconds,
+             "; ".join(measurement.shown for measurement in result.measurements))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if not CAPTIOND_EXECUTABLE.exists():
+        raise SystemExit(f"no captiond at {CAPTIOND_EXECUTABLE}: run this with the project's venv python")
+    settings = Settings.quick_mode() if arguments.quick else Settings.full()
+    folders = Folders(arguments.out.resolve())
+    mode = "quick" if arguments.quick else "full"
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = time.monotonic()
+    results = [run_one(key, settings, folders) for key in selected_benchmarks(arguments.only)]
+    elapsed = time.monotonic() - started
+    output = folders.out / "results.json"
+    write_json(output, mode, results, elapsed, started_at)
+    print()
+    print(table(results))
+    print(f"\n{mode} mode, {elapsed:.0f} s in all; JSON in {output}")
+    return 1 if any(result.error for result in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Spread requests over several model servers: least busy healthy endpoint first, failing ones set aside.
+
+No HTTP here (model.py does that): this is the bookkeeping of slots, health and per-endpoint figures.
+Total requests in flight never exceed the sum of the endpoints' `Parallel`, so no server is sent
+work that would only queue there and time out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .config import Endpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EndpointState:
+    """One endpoint's slots, health and figures (mutated under the pool's lock)."""
+
+    endpoint: Endpoint
+    slots: int
+    in_flight: int = 0
+    failures: int = 0
+    down_until: float = 0.0
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """Return the endpoint's address with secrets redacted."""
+        return self.endpoint.redacted_uri()
+
+    def figures(self) -> dict[str, object]:
+        """Return requests, errors and mean seconds of this endpoint."""
+        successes = self.requests - self.errors
+        return {"endpoint": self.name, "parallel": self.slots, "requests": self.requests, "errors": self.errors,
+                "mean_seconds": round(self.seconds / successes, 3) if successes else None,
+                "healthy": self.down_until <= time.monotonic()}
+
+
+class AllEndpointsDown(Exception):
+    """Every endpoint is set aside and none comes back before the deadline."""
+
+
+class EndpointPool:
+    """Hands out endpoint slots; thread-safe."""
+
+    def __init__(self, endpoints: tuple[Endpoint, ...], default_parallel: int, first_delay: float,
+                 max_delay: float) -> None:
+        self.states = [EndpointState(endpoint, endpoint.parallel or default_parallel) for endpoint in endpoints]
+        self.first_delay = max(first_delay, 0.01)
+        self.max_delay = max(max_delay, self.first_delay)
+        self._condition = threading.Condition()
+
+    @property
+    def capacity(self) -> int:
+        """Return the sum of every endpoint's slots."""
+        return sum(state.slots for state in self.states)
+
+    @contextmanager
+    def slot(self, deadline: float) -> Iterator[EndpointState]:
+        """Hold a slot on the least busy healthy endpoint for one request (waits for a free one)."""
+        state = self._acquire(deadline)
+        try:
+            yield state
+        finally:
+            with self._condition:
+                state.in_flight -= 1
+                state.requests += 1
+                self._condition.notify_all()
+
+    def _acquire(self, deadline: float) -> EndpointState:
+        with self._condition:
+            while True:
+                now = time.monotonic()
+                healthy = [state for state in self.states if state.down_until <= now]
+                free = [state for state in healthy if state.in_flight < state.slots]
+                if free:
+                    state = min(free, key=lambda item: (item.in_flight / item.slots, item.requests / item.slots))
+                    state.in_flight += 1
+                    return state
+                # Nothing free: wait for a slot, or for the first set-aside endpoint to be probed again.
+                wake = min((state.down_until for state in self.states if state.down_until > now), default=now + 1)
+                if not healthy and wake > deadline:
+                    raise AllEndpointsDown()
+                self._condition.wait(timeout=max(0.01, min(wake - now, 0.5, deadline - now)))
+                if time.monotonic() > deadline:
+                    raise AllEndpointsDown()
+
+    def failed(self, state: EndpointState, reason: str, set_aside: bool, delay: float | None = None) -> None:
+        """Count a failed request; set the endpoint aside (growing delays) when the server itself failed."""
+        with self._condition:
+            state.errors += 1
+            if not set_aside:
+                return
+            state.failures += 1
+            pause = delay if delay is not None else min(self.max_delay,
+                                                        self.first_delay * 2 ** (state.failures - 1))
+            state.down_until = time.monotonic() + pause
+            if len(self.states) > 1:
+                log.warning("%s: %s; setting it aside for %.1fs", state.name, reason, pause)
+            self._condition.notify_all()
+
+    def succeeded(self, state: EndpointState, seconds: float = 0.0) -> None:
+        """Count a request answered in `seconds` and mark its endpoint healthy again."""
+        with self._condition:
+            state.seconds += seconds
+            if state.failures and len(self.states) > 1:
+                log.info("%s answers again", state.name)
+            state.failures = 0
+            state.down_until = 0.0
+
+    def figures(self) -> list[dict[str, object]]:
+        """Return every endpoint's figures."""
+        with self._condition:
+            return [state.figures() for state in self.states]
