@@ -55,7 +55,9 @@ class EndpointPool:
     def __init__(self, endpoints: tuple[Endpoint, ...], default_parallel: int, first_delay: float,
                  max_delay: float) -> None:
         self.states = [EndpointState(endpoint, endpoint.parallel or default_parallel) for endpoint in endpoints]
-        self.first_delay = max(first_delay, 0.01)
+        # A server that refused a connection stays aside at least a second, so that requests are not
+        # spent on it while another endpoint answers (a lone endpoint is never set aside: nothing to prefer).
+        self.first_delay = max(first_delay, 1.0)
         self.max_delay = max(max_delay, self.first_delay)
         self._condition = threading.Condition()
 
@@ -98,7 +100,7 @@ class EndpointPool:
         """Count a failed request; set the endpoint aside (growing delays) when the server itself failed."""
         with self._condition:
             state.errors += 1
-            if not set_aside:
+            if not set_aside or len(self.states) == 1:
                 return
             state.failures += 1
             pause = delay if delay is not None else min(self.max_delay,
@@ -116,6 +118,12 @@ class EndpointPool:
                 log.info("%s answers again", state.name)
             state.failures = 0
             state.down_until = 0.0
+
+    def others_healthy(self, state: EndpointState) -> bool:
+        """Return whether an endpoint other than `state` is not set aside."""
+        with self._condition:
+            now = time.monotonic()
+            return any(other is not state and other.down_until <= now for other in self.states)
 
     def figures(self) -> list[dict[str, object]]:
         """Return every endpoint's figures."""

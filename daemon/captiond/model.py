@@ -24,7 +24,7 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from .config import DaemonConfig, Endpoint, ModelConfig, RetryPolicy
-from .endpoints import AllEndpointsDown, EndpointPool
+from .endpoints import AllEndpointsDown, EndpointPool, EndpointState
 from .errors import (
     AnswerError,
     ModelCannotSee,
@@ -65,6 +65,14 @@ class Answer:
 
 class _ConnectionFailed(TransientModelError):
     """Nobody answered at the address (refused, reset before any answer, DNS, connect timeout)."""
+
+
+class _Refused(TransientModelError):
+    """One endpoint refused the connection (another one may answer)."""
+
+    def __init__(self, reason: str, state: EndpointState) -> None:
+        super().__init__(reason)
+        self.state = state
 
 
 class ModelClient:
@@ -220,6 +228,16 @@ class ModelClient:
             raise TransientModelError(f"stopped: {exc}") from exc
 
     def _generate_once(self, body: dict[str, Any]) -> Answer:
+        # A server that refuses connections costs no attempt while another endpoint is up: go there.
+        for _ in range(len(self.pool.states)):
+            try:
+                return self._generate_on_one(body)
+            except _Refused as refused:
+                if not self.pool.others_healthy(refused.state):
+                    raise _ConnectionFailed(refused.reason) from refused
+        raise _ConnectionFailed("no endpoint answers")
+
+    def _generate_on_one(self, body: dict[str, Any]) -> Answer:
         try:
             with self.pool.slot(deadline=time.monotonic() + self.retry.total) as state:
                 started = time.monotonic()
@@ -227,7 +245,7 @@ class ModelClient:
                     answer = self._post(state.endpoint, body, started + self.deadline)
                 except _ConnectionFailed as error:
                     self.pool.failed(state, error.reason, set_aside=True)
-                    raise
+                    raise _Refused(error.reason, state) from error
                 except TransientModelError as error:
                     busy = error.reason.startswith(("HTTP 503", "HTTP 429"))
                     self.pool.failed(state, error.reason, set_aside=busy, delay=error.retry_after)
