@@ -210,3 +210,15 @@ def keyword_list(sidecar: Path) -> list[str]:
                             check=True).stdout
     value = json.loads(output)[0].get("Subject", [])
     return value if isinstance(value, list) else [value]
+
+
+def test_digikam_tags_list_gets_our_keywords_too(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
+    photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    sidecar = Path(f"{photo}.xmp")
+    subprocess_exiftool(["-XMP-digiKam:TagsList=People/Grandma", "-XMP-dc:Subject=Grandma", str(sidecar)])
+    emulator.reply = labels_reply()
+    config = write_config(tmp_path, emulator.url)
+    assert run_captiond("run", "--config", config, "--originals", originals, "-m", "labels").exit_code == 0
+    tags = read_tags(sidecar, "XMP-digiKam:TagsList")
+    assert tags["XMP-digiKam:TagsList"] in ("['People/Grandma', 'Ferris', 'Sky']", "People/Grandma, Ferris, Sky")
+    assert keyword_list(sidecar) == ["Grandma", "Ferris", "Sky"]

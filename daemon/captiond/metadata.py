@@ -49,9 +49,11 @@ READ_TAGS = (
     "-XMP-dc:Description", "-IFD0:ImageDescription", "-IPTC:all", "-Photoshop:IPTCDigest",
     "-XMP-tiff:ImageDescription", "-XMP-captiond:all", "-IFD0:Orientation", "-File:FileType",
     "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", "-ExifIFD:DateTimeOriginal", "-XMP-exif:DateTimeOriginal",
-    "-XMP-photoshop:DateCreated", "-IFD0:Make", "-IFD0:Model", *(f"-{tag}" for tag in PREVIEW_TAGS),
+    "-XMP-photoshop:DateCreated", "-IFD0:Make", "-IFD0:Model", "-XMP-digiKam:TagsList",
+    *(f"-{tag}" for tag in PREVIEW_TAGS),
 )
-LIST_TAGS = frozenset({"XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "IPTC:Keywords", "XMP-captiond:AddedKeywords"})
+LIST_TAGS = frozenset({"XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "IPTC:Keywords", "XMP-captiond:AddedKeywords",
+                       "XMP-digiKam:TagsList"})
 IPTC_KEYWORD_BYTES = 64
 IPTC_CAPTION_BYTES = 2000
 _BINARY_SIZE = re.compile(r"Binary data (\d+) bytes")
@@ -240,16 +242,17 @@ def plan_keywords(metadata: FileMetadata, labels: list[str], provenance: Provena
     """
     current, hierarchical, ours_before = metadata.keywords(in_sidecar=not embedded)
     keywords, added = merge_keywords(current, ours_before, [inert(label) for label in labels])
-    ours = {keyword.casefold() for keyword in ours_before}
-    kept_hierarchy = [entry for entry in hierarchical if entry.casefold() not in ours]
-    hierarchy = kept_hierarchy + [label for label in added
-                                  if label.casefold() not in {entry.casefold() for entry in kept_hierarchy}]
+    hierarchy = _replace_ours(hierarchical, ours_before, added)
     existing_lists = metadata.original_lists if embedded else metadata.sidecar_lists
     existing_tags = metadata.original if embedded else metadata.sidecar_tags
     wanted: dict[str, str | tuple[str, ...]] = {
         "XMP-dc:Subject": tuple(keywords), "XMP-lr:HierarchicalSubject": tuple(hierarchy),
         "XMP-captiond:AddedKeywords": tuple(added), "XMP-captiond:LabelsSource": inert(provenance.source),
         "XMP-captiond:LabelsModel": inert(provenance.model)}
+    if "XMP-digiKam:TagsList" in existing_lists:
+        # digiKam and Immich read their TagsList before any other keyword tag: keep ours there too.
+        wanted["XMP-digiKam:TagsList"] = tuple(_replace_ours(list(existing_lists["XMP-digiKam:TagsList"]),
+                                                             ours_before, added))
     if embedded and metadata.has_iptc:
         wanted["IPTC:Keywords"] = tuple(truncate_bytes(keyword, IPTC_KEYWORD_BYTES) for keyword in keywords)
         if not all(keyword.isascii() for keyword in keywords):
@@ -261,6 +264,14 @@ def plan_keywords(metadata: FileMetadata, labels: list[str], provenance: Provena
         if embedded and any(tag.startswith("IPTC:") for tag in changes) and "Photoshop:IPTCDigest" in metadata.original:
             changes["Photoshop:IPTCDigest"] = "new"
     return changes
+
+
+def _replace_ours(entries: list[str], ours_before: list[str], added: list[str]) -> list[str]:
+    """Return a keyword list with our earlier entries replaced by the ones we add now."""
+    ours = {keyword.casefold() for keyword in ours_before}
+    kept = [entry for entry in entries if entry.casefold() not in ours]
+    present = {entry.casefold() for entry in kept}
+    return kept + [label for label in added if label.casefold() not in present]
 
 
 def merge_plans(first: WritePlan, extra: Mapping[str, str | tuple[str, ...]]) -> WritePlan:
