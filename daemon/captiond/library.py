@@ -5,12 +5,13 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
-from .imaging import is_supported
+from .imaging import SUPPORTED_EXTENSIONS
 from .metadata import TEMPORARY_PREFIX, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,12 @@ def parse_filter(words: Sequence[str], originals: Path) -> tuple[FilterTerm, ...
     return tuple(terms)
 
 
+_TEMPORARY = re.compile("|".join(fnmatch.translate(pattern) for pattern in TEMPORARY_PATTERNS))
+
+
 def is_temporary(name: str) -> bool:
     """Return whether a file name belongs to a file still being written (or to our own temporary files)."""
-    return any(fnmatch.fnmatch(name, pattern) for pattern in TEMPORARY_PATTERNS) or _rsync_temporary(name)
+    return bool(_TEMPORARY.match(name)) or _rsync_temporary(name)
 
 
 def _rsync_temporary(name: str) -> bool:
@@ -68,7 +72,8 @@ def _rsync_temporary(name: str) -> bool:
 
 def is_candidate(name: str) -> bool:
     """Return whether a file name is a photo captiond should look at."""
-    return not name.startswith(".") and not is_temporary(name) and is_supported(Path(name))
+    extension = name[name.rfind("."):].lower() if "." in name else ""
+    return extension in SUPPORTED_EXTENSIONS and not name.startswith(".") and not is_temporary(name)
 
 
 def scan(originals: Path, terms: Sequence[FilterTerm] = ()) -> Iterator[Path]:
@@ -77,9 +82,15 @@ def scan(originals: Path, terms: Sequence[FilterTerm] = ()) -> Iterator[Path]:
     Hidden files and folders are skipped, and symlinks are never followed (they may point outside the
     library or form loops). Our own temporary files left by an interrupted write are removed on the way.
     """
-    if not originals.is_dir():
-        raise UsageError(f"originals folder not found: {originals}")
-    stack = [originals]
+    for entry in scan_entries(originals, originals, terms):
+        yield Path(entry.path)
+
+
+def scan_entries(originals: Path, top: Path, terms: Sequence[FilterTerm] = ()) -> Iterator[os.DirEntry[str]]:
+    """Yield the directory entries of every photo under `top` (see scan); their stat is cached by os.scandir."""
+    if not top.is_dir():
+        raise UsageError(f"originals folder not found: {top}")
+    stack = [top]
     while stack:
         directory = stack.pop()
         try:
@@ -104,8 +115,10 @@ def scan(originals: Path, terms: Sequence[FilterTerm] = ()) -> Iterator[Path]:
                 continue
             if not is_candidate(entry.name):
                 continue
-            path = Path(entry.path)
-            relative = path.relative_to(originals).as_posix()
-            if not terms or any(term.matches(relative, entry.name) for term in terms):
-                yield path
+            if not terms:
+                yield entry
+                continue
+            relative = Path(entry.path).relative_to(originals).as_posix()
+            if any(term.matches(relative, entry.name) for term in terms):
+                yield entry
         stack.extend(reversed(subdirectories))

@@ -23,7 +23,7 @@ from pathlib import Path
 from .config import Config
 from .errors import CaptiondError, ModelSetupError
 from .health import HealthServer, Metrics, SystemdNotifier
-from .library import scan
+from .library import scan_entries
 from .model import ModelClient
 from .pipeline import CAPTIONED, FAILED, Captioner, Outcome
 from .state import DONE, QUARANTINED, FileState, Stat, StateStore
@@ -179,18 +179,19 @@ class WatchService:
         batch: list[tuple[Path, Stat, float]] = []
         queued = 0
         directories: set[str] = set()
-        for path in scan(top):
+        for entry in scan_entries(self.originals, top):
             if self.stop.is_set():
                 return
-            stat = Stat.of(path)
-            if stat is None:
+            try:
+                status = entry.stat(follow_symlinks=False)
+            except OSError:
                 continue
-            key = os.fsencode(path)
+            key = os.fsencode(entry.path)
             seen.add(key)
-            directories.add(os.path.dirname(key).decode("utf-8", "surrogateescape"))
-            if known.get(key, (None, None, None))[:2] == (stat.size, stat.mtime_ns):
+            directories.add(os.path.dirname(entry.path))
+            if known.get(key, (None, None, None))[:2] == (status.st_size, status.st_mtime_ns):
                 continue
-            batch.append((path, stat, time.time()))
+            batch.append((Path(entry.path), Stat(status.st_size, status.st_mtime_ns), time.time()))
             if len(batch) >= BATCH:
                 queued += self.state.enqueue(batch)
                 batch = []
