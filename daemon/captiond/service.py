@@ -235,7 +235,9 @@ class WatchService:
                     continue
                 capacity = self.workers * 2 - len(in_flight)
                 for row in self.state.claim(capacity) if capacity > 0 else []:
-                    in_flight.add(executor.submit(self._handle, row))
+                    future = executor.submit(self._handle, row)
+                    future.add_done_callback(lambda _: self._wake.set())
+                    in_flight.add(future)
                 done = {future for future in in_flight if future.done()}
                 for future in done:
                     future.result()
@@ -246,7 +248,7 @@ class WatchService:
 
     def _idle_wait(self, in_flight: set[concurrent.futures.Future[None]]) -> float:
         if in_flight:
-            return 0.05
+            return 0.5  # a finishing file wakes the loop
         next_due = self.state.next_due()
         if next_due is None:
             return 1.0
@@ -336,14 +338,16 @@ class WatchService:
     # -- health ------------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
+        """Once a second at most: update the queue gauge and, under systemd, pet the watchdog."""
+        now = time.monotonic()
+        interval = min(self.notifier.watchdog_interval or 1.0, 5.0, 1.0)
+        if now - self._last_notify < interval:
+            return
+        self._last_notify = now
         counts = self.state.counts()
         self.metrics.queue.set(counts["pending"] + counts["running"])
         if self.notifier.watchdog_interval is None:
             return
-        now = time.monotonic()
-        if now - self._last_notify < min(self.notifier.watchdog_interval, 5.0):
-            return
-        self._last_notify = now
         moving = counts["pending"] == 0 or now - self._last_progress < 600 or bool(self._model_error)
         if self._observer_alive() and moving:
             self.notifier.send(f"WATCHDOG=1\nSTATUS={self._status_line(counts)}")
