@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,16 +217,8 @@ class ModelClient:
                                  f"(capabilities: {capabilities}): choose a vision model such as qwen2.5vl:3b")
 
     def _request(self, method: str, url: str, body: dict[str, Any] | None, endpoint: Endpoint) -> httpx.Response:
-        try:
+        with _translated_errors(self.deadline):
             return self._http.request(method, url, json=body, headers=self._headers(endpoint))
-        except _UNREACHABLE as exc:
-            raise _ConnectionFailed(_describe_connection_error(exc)) from exc
-        except httpx.TimeoutException as exc:
-            raise TransientModelError(f"no answer in time ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
-            raise TransientModelError(f"connection failed: {exc}") from exc
-        except RuntimeError as exc:  # httpx: "the client has been closed" while stopping
-            raise TransientModelError(f"stopped: {exc}") from exc
 
     def _generate_once(self, body: dict[str, Any]) -> Answer:
         # A server that refuses connections costs no attempt while another endpoint is up: go there.
@@ -262,23 +255,15 @@ class ModelClient:
         return Answer(answer.text, answer.thinking, answer.done_reason, seconds)
 
     def _post(self, endpoint: Endpoint, body: dict[str, Any], deadline: float) -> Answer:
-        try:
-            with self._http.stream("POST", endpoint.uri, json=body, headers=self._headers(endpoint)) as response:
-                if response.status_code != 200:
-                    content = b"".join(self._read_bounded(response, deadline))
-                    self._raise_for_status(response.status_code, content, response.headers, endpoint)
-                chunks = self._read_bounded(response, deadline)
-                if body.get("stream"):
-                    return _parse_sse(chunks) if self.openai else _parse_ndjson(chunks)
-                return _parse_single(b"".join(chunks), self.openai)
-        except _UNREACHABLE as exc:
-            raise _ConnectionFailed(_describe_connection_error(exc)) from exc
-        except httpx.TimeoutException as exc:
-            raise TransientModelError(f"no answer within {self.deadline:.0f}s ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
-            raise TransientModelError(f"the connection broke: {type(exc).__name__}: {exc}") from exc
-        except RuntimeError as exc:  # httpx: "the client has been closed" while stopping
-            raise TransientModelError(f"stopped: {exc}") from exc
+        with (_translated_errors(self.deadline),
+              self._http.stream("POST", endpoint.uri, json=body, headers=self._headers(endpoint)) as response):
+            if response.status_code != 200:
+                content = b"".join(self._read_bounded(response, deadline))
+                self._raise_for_status(response.status_code, content, response.headers, endpoint)
+            chunks = self._read_bounded(response, deadline)
+            if body.get("stream"):
+                return _parse_sse(chunks) if self.openai else _parse_ndjson(chunks)
+            return _parse_single(b"".join(chunks), self.openai)
 
     def _read_bounded(self, response: httpx.Response, deadline: float) -> Iterator[bytes]:
         received = 0
@@ -358,6 +343,21 @@ class _Backoff:
             return float(min(retry_after, self.policy.total))
         ceiling = min(self.policy.max_delay, self.policy.delay * 2 ** (state.attempt_number - 1))
         return random.uniform(ceiling / 2, ceiling)
+
+
+@contextmanager
+def _translated_errors(deadline: float) -> Iterator[None]:
+    """Turn httpx's exceptions into ours at the boundary: they never leave this module."""
+    try:
+        yield
+    except _UNREACHABLE as exc:
+        raise _ConnectionFailed(_describe_connection_error(exc)) from exc
+    except httpx.TimeoutException as exc:
+        raise TransientModelError(f"no answer within {deadline:.0f}s ({type(exc).__name__})") from exc
+    except httpx.HTTPError as exc:
+        raise TransientModelError(f"the connection broke: {type(exc).__name__}: {exc}") from exc
+    except RuntimeError as exc:  # httpx: "the client has been closed" while stopping
+        raise TransientModelError(f"stopped: {exc}") from exc
 
 
 def _can_see(info: dict[str, Any]) -> bool:
