@@ -169,3 +169,13 @@ def test_stale_temporaries_of_dead_processes_are_removed(originals: Path) -> Non
         path.write_bytes(b"x")
     remove_stale_temporaries(originals, [path.name for path in (dead, mine, other)])
     assert not dead.exists() and mine.exists() and other.exists()
+
+
+@pytest.mark.parametrize("name", ["RIFF.webp", "PNG.png", "Arbitro.tiff", "IMG_5195.HEIC"])
+def test_embedded_write_into_every_writable_format(exiftool: Exiftool, originals: Path, name: str) -> None:
+    photo = add_fixture(originals, name)
+    before_pixels = pixels(photo)
+    write(exiftool, photo, "A caption inside the file.", embedded=True)
+    assert read_tags(photo, "XMP-dc:Description")["XMP-dc:Description"] == "A caption inside the file."
+    assert pixels(photo) == before_pixels
+    assert sorted(path.name for path in originals.iterdir()) == [name]

@@ -38,6 +38,9 @@ from .labels import merge_keywords
 from .sources import CurrentCaption, CurrentLabels, caption_hash, is_boilerplate
 
 log = logging.getLogger(__name__)
+# pyexiftool warns when it notices that exiftool was stopped (Ctrl-C reaches the whole process group);
+# captiond restarts it or is stopping anyway.
+warnings.filterwarnings("ignore", message="ExifTool process was previously running but died")
 
 TEMPORARY_PREFIX = ".captiond-tmp-"
 SIDECAR_SUFFIXES = (".xmp", ".XMP")
@@ -56,6 +59,9 @@ LIST_TAGS = frozenset({"XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "IPTC:Key
                        "XMP-digiKam:TagsList"})
 IPTC_KEYWORD_BYTES = 64
 IPTC_CAPTION_BYTES = 2000
+# exiftool cannot write these to a new file with -o ("Can't write RIFF files"): we copy the original
+# to our temporary name and let exiftool rewrite that copy instead.
+COPY_FIRST_EXTENSIONS = frozenset({".webp"})
 _BINARY_SIZE = re.compile(r"Binary data (\d+) bytes")
 
 
@@ -410,7 +416,10 @@ class Exiftool:
         try:
             with self._argument_path(source) as source_argument:
                 command: list[str | bytes] = [*assignments, os.fsencode(temporary)]
-                if before is not None:
+                if before is not None and plan.target.suffix.lower() in COPY_FIRST_EXTENSIONS:
+                    shutil.copy2(source, temporary)
+                    command = ["-overwrite_original", *assignments, os.fsencode(temporary)]
+                elif before is not None:
                     command = ["-o", os.fsencode(temporary), *assignments, source_argument]
                 status, output, stderr = self.run(*command)
             if status != 0 or not temporary.exists():
