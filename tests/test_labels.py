@@ -222,3 +222,20 @@ def test_digikam_tags_list_gets_our_keywords_too(tmp_path: Path, originals: Path
     tags = read_tags(sidecar, "XMP-digiKam:TagsList")
     assert tags["XMP-digiKam:TagsList"] in ("['People/Grandma', 'Ferris', 'Sky']", "People/Grandma, Ferris, Sky")
     assert keyword_list(sidecar) == ["Grandma", "Ferris", "Sky"]
+
+
+def test_a_labels_failure_does_not_throw_away_the_caption(tmp_path: Path, originals: Path,
+                                                          emulator: OllamaEmulator) -> None:
+    photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    emulator.reply = labels_reply("No JSON from me.")
+    config = write_config(tmp_path, emulator.url)
+    result = run_captiond("run", "--config", config, "--originals", originals, "-m", "caption,labels")
+    assert result.exit_code == 1
+    assert "captioned 1, labelled 0, skipped 0, failed 1" in result.stdout
+    assert "Canon_PowerShot_S40.jpg: labels: the labels answer held no JSON" in result.stdout
+    assert read_tags(Path(f"{photo}.xmp"), "XMP-dc:Description")["XMP-dc:Description"] == "A fair at night."
+
+    emulator.reply = labels_reply()
+    again = run_captiond("run", "--config", config, "--originals", originals, "-m", "caption,labels")
+    assert "captioned 0, labelled 1, skipped 0, failed 0" in again.stdout
+    assert keyword_list(Path(f"{photo}.xmp")) == ["Ferris", "Sky"]

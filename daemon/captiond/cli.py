@@ -23,7 +23,18 @@ from .errors import CaptiondError, ConfigError, ModelSetupError, UsageError
 from .library import parse_filter, scan
 from .metadata import Exiftool
 from .model import ModelClient
-from .pipeline import CAPTIONED, FAILED, SKIPPED, WOULD_CAPTION, Captioner, ModelRun, Outcome, RunOptions, run_pipeline
+from .pipeline import (
+    CAPTIONED,
+    FAILED,
+    SKIPPED,
+    WOULD_CAPTION,
+    Captioner,
+    ModelRun,
+    Outcome,
+    RunOptions,
+    describe_outcome,
+    run_pipeline,
+)
 from .progress import Progress
 from .service import WatchService
 from .sources import PRIORITIES, WRITABLE_SOURCES
@@ -160,9 +171,11 @@ def command_run(arguments: argparse.Namespace) -> int:
     terms = parse_filter(arguments.filters, originals)
     clients = _clients(runs)
     try:
-        for client in clients:
-            client.check()
-            log.info("using %s on %s", client.model.model_id, client.uri)
+        for kind, run in runs.items():
+            if run.client is not None:
+                run.client.check()
+                log.info("%s: using %s on %s", "captions" if kind == "caption" else kind, run.model.model_id,
+                         run.client.uri)
         with Exiftool() as exiftool:
             captioner = Captioner(config, runs, exiftool, options)
             paths = list(scan(originals, terms))
@@ -241,14 +254,14 @@ class Summary:
             self.captions += bool(outcome.caption)
             if outcome.keywords is not None and self.labelled is not None:
                 self.labelled += 1
-            keywords = f" [{', '.join(outcome.keywords)}]" if outcome.keywords else ""
-            log.info("captioned %s: %s%s", name, outcome.caption or "(labels only)", keywords)
+            log.info("%s", describe_outcome(name, outcome))
         elif outcome.status == WOULD_CAPTION:
             log.info("would caption %s (%s)", name, outcome.reason)
         elif outcome.status == SKIPPED:
             self.skipped[outcome.reason] += 1
             log.debug("skipped %s: %s", name, outcome.reason)
         else:
+            self.captions += bool(outcome.caption)  # written although its labels failed
             self.failures.append(outcome)
             log.error("failed %s: %s", name, outcome.reason)
 

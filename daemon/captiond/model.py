@@ -146,12 +146,16 @@ class ModelClient:
             return ServerUnreachable(f"the model server at {endpoint.redacted_uri()} keeps failing: {exc.reason}")
         return None
 
-    def describe(self, jpeg: bytes, prompt: str, system: str, schema: dict[str, Any] | None = None) -> Answer:
-        """Return the model's answer for one JPEG (as JSON following `schema` if given), retrying transient failures."""
+    def describe(self, jpeg: bytes, prompt: str, system: str, schema: dict[str, Any] | None = None,
+                 subject: str = "") -> Answer:
+        """Return the model's answer for one JPEG (as JSON following `schema` if given), retrying transient failures.
+
+        `subject` names the photo in log lines about retries.
+        """
         body = (self._openai_body(jpeg, prompt, system, schema) if self.openai
                 else self._ollama_body(jpeg, prompt, system, schema))
         try:
-            answer: Answer = self._with_retries(lambda: self._generate_once(body))
+            answer: Answer = self._with_retries(lambda: self._generate_once(body), subject)
             return answer
         except _ConnectionFailed as exc:
             raise ServerUnreachable(f"the model server at {self.uri} stopped answering: {exc.reason}") from exc
@@ -162,7 +166,7 @@ class ModelClient:
 
     # -- retries -------------------------------------------------------------------------------
 
-    def _with_retries(self, call: Any) -> Any:
+    def _with_retries(self, call: Any, subject: str = "") -> Any:
         crashes = 0
 
         def worth_retrying(error: BaseException) -> bool:
@@ -178,7 +182,8 @@ class ModelClient:
             stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(self.retry.total),
             wait=_Backoff(self.retry),
             before_sleep=lambda state: log.warning(
-                "%s: %s; trying again in %.1fs", self.uri, state.outcome.exception() if state.outcome else "",
+                "%s%s: %s; trying again in %.1fs", f"{subject}: " if subject else "", self.uri,
+                state.outcome.exception() if state.outcome else "",
                 state.next_action.sleep if state.next_action else 0),
             reraise=True,
         )

@@ -105,22 +105,32 @@ class Captioner:
             reason = "; ".join(decisions[kind].reason for kind in todo)
             if not self._claim():
                 return Outcome(path, SKIPPED, "--count reached")
+            image = self.prepare(metadata, max(self.runs[kind].model.resolution for kind in todo))
             if self.options.dry_run:
                 return Outcome(path, WOULD_CAPTION, reason)
-            image = self.prepare(metadata, max(self.runs[kind].model.resolution for kind in todo))
             stages["decode"] = image.decode_seconds
             stages["encode"] = image.encode_seconds
             with _timed(stages, "request"):
                 caption = self.ask_caption(image, metadata) if "caption" in todo else ""
-                keywords = self.ask_labels(image, metadata) if "labels" in todo else None
+                keywords, labels_error = self._labels_or_error(image, metadata) if "labels" in todo else (None, None)
+            if labels_error is not None and not caption:
+                raise labels_error
             with _timed(stages, "write"):
                 wrote = self.write(metadata, embedded, caption, keywords)
+            if labels_error is not None:  # the caption is written; the labels failed
+                return _failure(path, labels_error, "labels: ", caption)
             return Outcome(path, CAPTIONED, reason, caption, None if keywords is None else tuple(keywords),
                            model_seconds=stages["request"], wrote_original=wrote, stages=stages)
         except FileError as error:
-            error.for_file(str(path))
-            return Outcome(path, FAILED, error.reason, transient=error.transient,
-                           crashed=bool(getattr(error, "crashed", False)))
+            return _failure(path, error)
+
+    def _labels_or_error(self, image: PreparedImage, metadata: FileMetadata) -> tuple[list[str] | None,
+                                                                                       FileError | None]:
+        """Return the labels, or the error that prevented them (a caption may still be written)."""
+        try:
+            return self.ask_labels(image, metadata), None
+        except FileError as error:
+            return None, error
 
     def decide(self, metadata: FileMetadata, embedded: bool, photo_changed: bool) -> dict[str, Decision]:
         """Return, per model type of this run, whether to generate and why."""
@@ -151,7 +161,7 @@ class Captioner:
         run = self.runs["caption"]
         assert run.client is not None
         prompt = self.prompt(run.model, metadata) + self._language_instruction("Answer in {}.")
-        answer = run.client.describe(image.jpeg, prompt, run.model.system)
+        answer = run.client.describe(image.jpeg, prompt, run.model.system, subject=self._name(metadata.path))
         return clean_caption(answer.best_text, self.config.daemon.max_length)
 
     def ask_labels(self, image: PreparedImage, metadata: FileMetadata) -> list[str]:
@@ -163,14 +173,15 @@ class Captioner:
         prompt = (self.prompt(run.model, metadata) + self._language_instruction(" Write the label names in {}.")
                   + "\n" + SCHEMA_INSTRUCTIONS)
         for attempt in (1, 2):
-            answer = run.client.describe(image.jpeg, prompt, system, schema=LABELS_SCHEMA)
+            answer = run.client.describe(image.jpeg, prompt, system, schema=LABELS_SCHEMA,
+                                         subject=self._name(metadata.path))
             try:
                 labels = parse_labels(answer.best_text)
                 break
             except AnswerError:
                 if attempt == 2:
                     raise
-                log.info("the labels answer held no JSON; asking once more")
+                log.info("%s: the labels answer held no JSON; asking once more", self._name(metadata.path))
         return select_labels(labels, self.config.thresholds, normalize)
 
     def prompt(self, model: ModelConfig, metadata: FileMetadata) -> str:
@@ -214,6 +225,14 @@ class Captioner:
             self._claimed += 1
             return True
 
+    def _name(self, path: Path) -> str:
+        """Return a photo's path relative to the originals, for log lines."""
+        originals = self.config.daemon.originals
+        try:
+            return path.relative_to(originals).as_posix() if originals else str(path)
+        except ValueError:
+            return str(path)
+
     def _folder(self, path: Path) -> str:
         originals = self.config.daemon.originals
         parent = path.parent
@@ -233,6 +252,20 @@ LANGUAGES = {"de": "German", "en": "English", "fr": "French", "es": "Spanish", "
              "fi": "Finnish", "cs": "Czech", "hu": "Hungarian", "ro": "Romanian", "el": "Greek", "tr": "Turkish",
              "ru": "Russian", "uk": "Ukrainian", "ja": "Japanese", "zh": "Chinese", "ko": "Korean", "ar": "Arabic",
              "he": "Hebrew", "hi": "Hindi"}
+
+
+def describe_outcome(name: str, outcome: Outcome) -> str:
+    """Return the log line of a written file: its caption and keywords."""
+    keywords = f" [{', '.join(outcome.keywords)}]" if outcome.keywords is not None else ""
+    if outcome.caption:
+        return f"captioned {name}: {outcome.caption}{keywords}"
+    return f"labelled {name}:{keywords or ' (no labels above the thresholds)'}"
+
+
+def _failure(path: Path, error: FileError, prefix: str = "", caption: str = "") -> Outcome:
+    error.for_file(str(path))
+    return Outcome(path, FAILED, prefix + error.reason, caption, transient=error.transient,
+                   crashed=bool(getattr(error, "crashed", False)))
 
 
 def default_normalize(model_id: str) -> str:

@@ -25,7 +25,7 @@ from .errors import CaptiondError, ModelSetupError
 from .health import HealthServer, Metrics, SystemdNotifier
 from .library import scan_entries
 from .model import ModelClient
-from .pipeline import CAPTIONED, FAILED, Captioner, Outcome
+from .pipeline import CAPTIONED, FAILED, Captioner, Outcome, describe_outcome
 from .state import DONE, QUARANTINED, FileState, Stat, StateStore
 from .state import FAILED as STATE_FAILED
 from .watcher import OverflowListener, inotify_watch_limit, start_observer
@@ -291,8 +291,7 @@ class WatchService:
             final_stat = Stat.of(row.path) if outcome.wrote_original else stat
             self.state.finish(row.path, DONE, final_stat, outcome.reason)
             if outcome.status == CAPTIONED:
-                keywords = f" [{', '.join(outcome.keywords)}]" if outcome.keywords else ""
-                log.info("captioned %s: %s%s", name, outcome.caption or "(labels only)", keywords)
+                log.info("%s", describe_outcome(name, outcome))
             return
         if not outcome.transient:
             self.state.finish(row.path, STATE_FAILED, stat, outcome.reason)
