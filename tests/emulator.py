@@ -8,7 +8,7 @@ Usage::
         server.enqueue(BUSY, Reply("A red bicycle."))   # the next two generation requests
         ...  # point the code under test at server.url ("http://127.0.0.1:PORT")
         assert len(server.generation_requests()) == 3
-        assert server.max_active <= 2
+        assert server.max_processing <= 2
 
 Endpoints (shapes of Ollama 0.12, docs/api.md): GET / (and HEAD), /api/version, /api/tags, /api/ps,
 /v1/models; POST /api/show, /api/generate, /api/chat, /v1/chat/completions. /api streams NDJSON
@@ -495,9 +495,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 limit = (body.get("options") or {}).get("num_predict")
             text, reason = _limit(text, limit)
-            self._answer(kind, body, text, thinking, reason, b, t0)
         finally:
+            # The slot is free once the answer is ready, before it is sent: a client that sends its
+            # next request on receiving this answer never sees an overlap that is only our bookkeeping.
             emu._release()
+        self._answer(kind, body, text, thinking, reason, b, t0)
 
     def _answer(self, kind: str, body: dict[str, Any], text: str, thinking: str, reason: str,
                 b: Behaviour | None, t0: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,3 +180,23 @@ def test_embedded_write_into_every_writable_format(exiftool: Exiftool, originals
     assert read_tags(photo, "XMP-dc:Description")["XMP-dc:Description"] == "A caption inside the file."
     assert pixels(photo) == before_pixels
     assert sorted(path.name for path in originals.iterdir()) == [name]
+
+
+def exiftool_children() -> list[int]:
+    """Return the process ids of exiftool processes started by this test process."""
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    return [int(pid) for pid in children if b"exiftool" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def test_exiftool_that_dies_is_replaced_and_never_hangs_us(exiftool: Exiftool, originals: Path) -> None:
+    photo = add_fixture(originals, "no_exif.jpg")
+    exiftool.read(photo)
+    [child] = exiftool_children()
+    assert os.getsid(child) != os.getsid(0)  # a Ctrl-C to our process group does not reach it
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    try:
+        exiftool.read(photo)  # notices the dead process: a clear, transient error or a fresh process
+    except MetadataError as error:
+        assert error.transient
+    assert current_caption(exiftool.read(photo)).text == "Der Goalie bin ig"

@@ -152,7 +152,13 @@ def setup_logging(verbose: bool, quiet: bool, log_format: str = "text") -> None:
 
 def load(arguments: argparse.Namespace) -> Config:
     """Return the configuration named by --config (or found), with warnings logged."""
-    config = load_config(find_config_file(arguments.config, os.environ))
+    path = find_config_file(arguments.config, os.environ)
+    if path is None:
+        log.warning("no vision.yml found (--config, $CAPTIOND_CONFIG, ./vision.yml, ~/.config/captiond/vision.yml, "
+                    "/etc/captiond/vision.yml): using the defaults")
+    else:
+        log.debug("reading %s", path)
+    config = load_config(path)
     for warning in config.warnings:
         log.warning("%s: %s", config.path or "vision.yml", warning)
     return config
@@ -163,9 +169,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     config = load(arguments).with_daemon(
         originals=Path(arguments.originals) if arguments.originals else None,
         write=arguments.write, parallel=arguments.parallel)
-    originals = config.daemon.originals
-    if originals is None:
-        raise UsageError("no originals folder: pass --originals DIR or set Daemon.Originals in vision.yml")
+    originals = _originals(config, arguments.originals)
     runs = model_runs(config, arguments.models, connect=not arguments.dry_run)
     options = RunOptions(arguments.source, arguments.force, arguments.dry_run, arguments.count)
     terms = parse_filter(arguments.filters, originals)
@@ -179,7 +183,9 @@ def command_run(arguments: argparse.Namespace) -> int:
         with Exiftool() as exiftool:
             captioner = Captioner(config, runs, exiftool, options)
             paths = list(scan(originals, terms))
-            summary = Summary(originals, labels="labels" in runs)
+            if terms and not paths:
+                log.warning("no photos under %s match %s", originals, " ".join(arguments.filters))
+            summary = Summary(originals, labels="labels" in runs, total=len(paths))
             with Progress(len(paths), enabled=sys.stderr.isatty() and not arguments.quiet) as progress:
                 def record(outcome: Outcome) -> None:
                     summary.add(outcome)
@@ -196,6 +202,17 @@ def command_run(arguments: argparse.Namespace) -> int:
         for client in clients:
             client.close()
     return EXIT_FAILURES if summary.failed else EXIT_OK
+
+
+def _originals(config: Config, flag: str | None) -> Path:
+    """Return the originals folder; refuse a missing one, saying where its path came from."""
+    originals = config.daemon.originals
+    if originals is None:
+        raise UsageError("no originals folder: pass --originals DIR or set Daemon.Originals in vision.yml")
+    if not originals.is_dir():
+        origin = "--originals" if flag else f"Daemon.Originals in {config.path or 'the environment'}"
+        raise UsageError(f"originals folder not found: {originals} (from {origin})")
+    return originals
 
 
 def model_runs(config: Config, models: str, connect: bool = True) -> dict[str, ModelRun]:
@@ -229,13 +246,14 @@ def _clients(runs: dict[str, ModelRun]) -> list[ModelClient]:
 class Summary:
     """Counts outcomes and prints the end-of-run report."""
 
-    def __init__(self, originals: Path, labels: bool = False) -> None:
+    def __init__(self, originals: Path, labels: bool = False, total: int | None = None) -> None:
         self.originals = originals
         self.started = time.monotonic()
         self.counts: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.failures: list[Outcome] = []
         self.stage_seconds: Counter[str] = Counter()
+        self.total = total
         self.captions = 0
         self.labelled: int | None = 0 if labels else None  # None: no labels model in this run
         self.endpoints: list[dict[str, object]] = []
@@ -273,6 +291,9 @@ class Summary:
                  + (f", would caption {self.counts[WOULD_CAPTION]}" if self.counts[WOULD_CAPTION] else "")
                  + f" in {seconds:.1f}s"]
         lines += [f"  skipped {count:>6}  {reason}" for reason, count in self.skipped.most_common()]
+        unprocessed = (self.total or 0) - sum(self.counts.values())
+        if unprocessed > 0:
+            lines.append(f"  not processed {unprocessed} (the run stopped early)")
         if len(self.endpoints) > 1:
             lines += [f"  endpoint {item['endpoint']}: {item['requests']} requests, {item['errors']} errors, "
                       f"mean {item['mean_seconds']}s" for item in self.endpoints]
@@ -288,7 +309,9 @@ class Summary:
         captioned = self.counts[CAPTIONED]
         return {
             "captioned": self.captions, "skipped": self.counts[SKIPPED], "failed": self.failed,
-            "would_caption": self.counts[WOULD_CAPTION], "seconds": round(time.monotonic() - self.started, 3),
+            "would_caption": self.counts[WOULD_CAPTION],
+            "not_processed": max(0, (self.total or 0) - sum(self.counts.values())),
+            "seconds": round(time.monotonic() - self.started, 3),
             "skipped_reasons": dict(self.skipped),
             "failures": [{"path": self._relative(outcome.path), "reason": outcome.reason,
                           "transient": outcome.transient} for outcome in self.failures],
@@ -345,11 +368,7 @@ def command_watch(arguments: argparse.Namespace) -> int:
     config = load(arguments).with_daemon(
         originals=Path(arguments.originals) if arguments.originals else None,
         state_dir=Path(arguments.state_dir) if arguments.state_dir else None, listen=arguments.listen)
-    originals = config.daemon.originals
-    if originals is None:
-        raise UsageError("no originals folder: pass --originals DIR or set Daemon.Originals in vision.yml")
-    if not originals.is_dir():
-        raise UsageError(f"originals folder not found: {originals}")
+    _originals(config, arguments.originals)
     runs = model_runs(config, arguments.models)
     clients = _clients(runs)
     state = StateStore(config.daemon.state_dir)

@@ -22,6 +22,8 @@ from .errors import ConfigError
 MODEL_TYPES = ("caption", "labels", "nsfw", "face", "generate")
 CAPTIOND_TYPES = ("caption", "labels")
 REMOTE_ENGINES = ("ollama", "openai")
+# PhotoPrism's engines; captiond runs the remote ones and leaves the others to PhotoPrism.
+KNOWN_ENGINES = ("ollama", "openai", "tensorflow", "onnx", "local", "vision")
 WRITE_MODES = ("sidecar", "embedded")
 SIDECAR_NAMES = ("ext", "base")
 WATCHERS = ("auto", "inotify", "polling")
@@ -243,6 +245,8 @@ def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path |
     candidates = [Path("vision.yml")]
     if environ.get("XDG_CONFIG_HOME"):
         candidates.append(Path(environ["XDG_CONFIG_HOME"]) / "captiond" / "vision.yml")
+    elif environ.get("HOME"):
+        candidates.append(Path(environ["HOME"]) / ".config" / "captiond" / "vision.yml")
     candidates.append(Path("/etc/captiond/vision.yml"))
     return next((candidate for candidate in candidates if candidate.is_file()), None)
 
@@ -276,7 +280,7 @@ def parse_config(document: Any, environ: Mapping[str, str], path: Path | None) -
     thresholds = reader.thresholds(document.get("Thresholds"))
     daemon = reader.daemon(document.get("Daemon"))
     if reader.problems:
-        raise ConfigError(reader.problems, str(path or "vision.yml"))
+        raise ConfigError(reader.problems, str(path or "vision.yml"), reader.warnings)
     if not any(model.type == "caption" and not model.disabled for model in models):
         models = (*models, reader.model({}, len(models), implied_type="caption"))
     if not any(model.type == "labels" and not model.disabled and model.usable for model in models):
@@ -448,6 +452,8 @@ class _Reader:
         if not engine and (any(key in entry for key in ("TensorFlow", "ONNX", "Meta", "Path", "LabelFile"))
                            or (self.boolean(entry, "Default", where, False) and model_type != "caption")):
             engine = "tensorflow"  # PhotoPrism's built-in models (labels, nsfw, face), run by PhotoPrism only
+        if engine and engine not in KNOWN_ENGINES:
+            self.problem(f"{where}.Engine", f"expected one of {', '.join(KNOWN_ENGINES)}, got {_kind(engine)}")
         service = self.service(entry.get("Service"), f"{where}.Service", engine, model_type)
         if not engine:
             engine = service.request_format
@@ -513,6 +519,13 @@ class _Reader:
             think=think_text,
             stream=self.boolean(mapping, "Stream", where, True),
         )
+
+    def listen(self, mapping: Mapping[str, Any], where: str) -> str:
+        text = self.string(mapping, "Listen", where, "").strip()
+        if text and not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]+)?:\d{1,5}$", text):
+            self.problem(f"{where}.Listen", f"expected HOST:PORT such as 127.0.0.1:9780, got {_kind(text)}")
+            return ""
+        return text
 
     def endpoints(self, mapping: Mapping[str, Any], where: str) -> tuple[Endpoint, ...]:
         """Return the servers of a `Uri:` list or an `Endpoints:` list (empty for a single Uri)."""
@@ -605,7 +618,7 @@ class _Reader:
             rescan=self.duration(mapping, "Rescan", where, 3600.0),
             watcher=self.choice(mapping, "Watcher", where, "auto", WATCHERS),
             poll_interval=self.duration(mapping, "PollInterval", where, 30.0) or 30.0,
-            listen=self.string(mapping, "Listen", where, ""),
+            listen=self.listen(mapping, where),
             language=self.string(mapping, "Language", where, "").strip(),
             retry=RetryPolicy(
                 attempts=self.positive_int(retry, "Attempts", f"{where}.Retry", defaults.attempts),

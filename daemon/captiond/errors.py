@@ -38,11 +38,13 @@ class ConfigError(CaptiondError):
 
     exit_code = 2
 
-    def __init__(self, problems: list[str], source: str = "vision.yml") -> None:
+    def __init__(self, problems: list[str], source: str = "vision.yml", warnings: list[str] | None = None) -> None:
         self.problems = list(problems)
         self.source = source
+        self.warnings = list(warnings or [])
         lines = "\n".join(f"  {problem}" for problem in self.problems)
-        super().__init__(f"{source} has {len(self.problems)} problem(s):\n{lines}")
+        notes = "".join(f"\n  (warning) {warning}" for warning in self.warnings)
+        super().__init__(f"{source} has {len(self.problems)} problem(s):\n{lines}{notes}")
 
 
 class UsageError(CaptiondError):

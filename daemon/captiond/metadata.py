@@ -13,17 +13,18 @@ A crash leaves at worst that temporary file, which `remove_stale_temporaries` de
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import re
 import secrets
+import select
 import shutil
-import signal
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -38,9 +39,44 @@ from .labels import merge_keywords
 from .sources import CurrentCaption, CurrentLabels, caption_hash, is_boilerplate
 
 log = logging.getLogger(__name__)
-# pyexiftool warns when it notices that exiftool was stopped (Ctrl-C reaches the whole process group);
-# captiond restarts it or is stopping anyway.
+# pyexiftool warns when it notices that exiftool died; captiond restarts it or is stopping anyway.
 warnings.filterwarnings("ignore", message="ExifTool process was previously running but died")
+EXIFTOOL_TIMEOUT = 120.0  # no single exiftool command of ours takes this long
+
+
+def _read_until(descriptor: int, ending: bytes, block_size: int) -> bytes:
+    """pyexiftool's reader, fixed: end of file (exiftool died) and silence (exiftool hung) raise OSError.
+
+    pyexiftool 0.5 loops forever on end of file, which would hang a worker and the daemon with it.
+    """
+    chunks: list[bytes] = []
+    tail = b""
+    while not tail.strip().endswith(ending):
+        ready, _, _ = select.select([descriptor], [], [], EXIFTOOL_TIMEOUT)
+        if not ready:
+            raise TimeoutError(f"exiftool gave no answer for {EXIFTOOL_TIMEOUT:.0f}s")
+        chunk = os.read(descriptor, block_size)
+        if not chunk:
+            raise OSError("exiftool exited")
+        chunks.append(chunk)
+        tail = (tail + chunk)[-(len(ending) + 8):]
+    return b"".join(chunks)
+
+
+def _own_session(signal_number: int) -> Callable[[], None]:
+    """pyexiftool's child setup, plus a session of its own: a Ctrl-C or a SIGTERM sent to captiond's process
+    group must not kill exiftool in the middle of a write (captiond stops it itself, after the write)."""
+
+    def setup() -> None:
+        os.setsid()
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal_number)  # PR_SET_PDEATHSIG: exiftool ends when captiond ends
+
+    return setup
+
+
+exiftool.exiftool._read_fd_endswith = _read_until
+exiftool.exiftool._set_pdeathsig = _own_session
 
 TEMPORARY_PREFIX = ".captiond-tmp-"
 SIDECAR_SUFFIXES = (".xmp", ".XMP")
@@ -290,6 +326,7 @@ class Exiftool:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._closed = False
         self._process: exiftool.ExifTool | None = None
         self._links = tempfile.TemporaryDirectory(prefix="captiond-links-")
 
@@ -306,11 +343,8 @@ class Exiftool:
     def close(self) -> None:
         """Stop the exiftool process (waits for the current command)."""
         with self._lock:
-            if self._process is not None and self._process.running:
-                with contextlib.suppress(Exception), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self._process.terminate()
-            self._process = None
+            self._closed = True
+            self._stop_process()
         self._links.cleanup()
 
     def _start(self) -> exiftool.ExifTool:
@@ -320,17 +354,10 @@ class Exiftool:
         config = resources.files("captiond") / "exiftool.config"
         process = exiftool.ExifTool(executable=executable, common_args=["-G1", "-n"],
                                     config_file=str(config), encoding="utf-8")
-        # exiftool inherits an ignored SIGINT, so a Ctrl-C (sent to the whole process group) reaches
-        # only captiond, which then stops exiftool itself after the write under way.
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
         try:
             process.run()
         except (ExifToolException, OSError, RuntimeError) as exc:
             raise ExiftoolError(f"cannot start exiftool: {exc}") from exc
-        finally:
-            if in_main_thread:
-                signal.signal(signal.SIGINT, previous)
         return process
 
     def run(self, *arguments: str | bytes, raw: bool = False) -> tuple[int, str | bytes, str]:
@@ -340,20 +367,27 @@ class Exiftool:
             if b"\n" in text or b"\r" in text or b"\0" in text:
                 raise ValueError(f"refusing an exiftool argument with a line break: {argument!r}")
         with self._lock:
-            for attempt in (1, 2):
-                if self._process is None or not self._process.running:
-                    self._process = self._start()
-                try:
-                    output = self._process.execute(*arguments, raw_bytes=raw)
-                    return self._process.last_status or 0, output, self._process.last_stderr or ""
-                except (ExifToolException, OSError, BrokenPipeError) as exc:
-                    log.warning("exiftool failed (%s); restarting it", exc)
-                    with contextlib.suppress(Exception):
-                        self._process.terminate()
-                    self._process = None
-                    if attempt == 2:
-                        raise ExiftoolError(f"exiftool stopped working: {exc}") from exc
-        raise AssertionError("unreachable")
+            if self._closed:
+                raise ExiftoolError("exiftool was stopped")
+            if self._process is None or not self._process.running:
+                self._process = self._start()
+            try:
+                output = self._process.execute(*arguments, raw_bytes=raw)
+                return self._process.last_status or 0, output, self._process.last_stderr or ""
+            except (ExifToolException, OSError) as exc:
+                # Died or hung mid-command: the next command starts a new exiftool. This file is
+                # tried again later (our writes are atomic, so nothing is half-written).
+                log.warning("exiftool stopped while working (%s); it will be restarted", exc)
+                self._stop_process()
+                raise MetadataError(f"exiftool stopped while working on this file ({exc}); will try again",
+                                    transient=True) from exc
+
+    def _stop_process(self) -> None:
+        if self._process is not None:
+            with contextlib.suppress(Exception), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._process.terminate(timeout=5)
+        self._process = None
 
     @contextlib.contextmanager
     def _argument_path(self, path: Path) -> Iterator[bytes]:

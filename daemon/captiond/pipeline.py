@@ -298,12 +298,16 @@ def run_pipeline(captioner: Captioner, paths: Iterable[Path], on_outcome: Callab
         if stop.is_set():
             return
         try:
-            on_outcome(captioner.process(path))
+            outcome = captioner.process(path)
+            if not (stop.is_set() and outcome.status == FAILED and outcome.transient):  # abandoned when stopping
+                on_outcome(outcome)
         except ModelSetupError as error:
             failure.append(error)
             stop.set()
 
-    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="captiond") as executor:
+    executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="captiond")
+    interrupted = False
+    try:
         pending: set[concurrent.futures.Future[None]] = set()
         for path in paths:
             if stop.is_set() or captioner.count_reached:
@@ -314,6 +318,13 @@ def run_pipeline(captioner: Captioner, paths: Iterable[Path], on_outcome: Callab
                 _raise_unexpected(done)
         done, _ = concurrent.futures.wait(pending)
         _raise_unexpected(done)
+    except KeyboardInterrupt:
+        # Ctrl-C: start nothing new; the caller closes the model clients, which ends requests under way.
+        interrupted = True
+        stop.set()
+        raise
+    finally:
+        executor.shutdown(wait=not interrupted, cancel_futures=interrupted)
     if failure:
         raise failure[0]
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
@@ -17,6 +19,7 @@ class Progress:
 
     def __init__(self, total: int, enabled: bool) -> None:
         self._bar: RichProgress | None = None
+        self._saved_handlers: list[logging.Handler] = []
         if enabled:
             self._bar = RichProgress(
                 TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -27,12 +30,19 @@ class Progress:
     def __enter__(self) -> Progress:
         if self._bar is not None:
             self._bar.start()
+            # Log lines go through the bar's console, which prints them above the bar instead of across it.
+            root = logging.getLogger()
+            self._saved_handlers = root.handlers[:]
+            handler = RichHandler(console=self._bar.console, show_path=False, markup=False, log_time_format="%X")
+            handler.setLevel(min((item.level for item in self._saved_handlers), default=logging.INFO))
+            root.handlers = [handler]
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         if self._bar is not None:
             self._bar.stop()
+            logging.getLogger().handlers = self._saved_handlers
 
     def advance(self, outcome: Outcome) -> None:
         """Count one finished file."""

@@ -84,6 +84,8 @@ class WatchService:
                      threading.Thread(target=self._event_loop, name="captiond-events", daemon=True)]
         for thread in producers:
             thread.start()
+        if not self._model_error:
+            self.metrics.model_up.set(1)
         self.notifier.send("READY=1\nSTATUS=starting: first scan of the originals")
         log.info("watching %s (%s); settle %.1fs, rescan every %.0fs", self.originals, self._watcher_kind(),
                  self.settle, self.config.daemon.rescan)
@@ -286,6 +288,8 @@ class WatchService:
         self._last_progress = time.monotonic()
         self._model_failures, self._model_error = 0, ""
         self.metrics.files.labels(outcome.status).inc()
+        if outcome.status != FAILED or not outcome.transient:
+            self.metrics.model_up.set(1)
         name = self._relative(row.path)
         if outcome.status != FAILED:
             final_stat = Stat.of(row.path) if outcome.wrote_original else stat
