@@ -418,8 +418,8 @@ def command_status(arguments: argparse.Namespace) -> int:
         "database": str(database), "counts": counts, "queue": counts["pending"] + counts["running"],
         "next_due_in_seconds": None if next_due is None else max(0.0, round(next_due - time.time(), 1)),
         "model": reachable,
-        "failures": [{"path": str(row.path), "state": row.state, "attempts": row.attempts, "reason": row.last_error}
-                     for row in failures],
+        "failures": [{"path": _shown(row.path, config.daemon.originals), "state": row.state,
+                      "attempts": row.attempts, "reason": row.last_error} for row in failures],
     }
     if arguments.json:
         print(json.dumps(report, indent=2))
@@ -433,7 +433,7 @@ def command_status(arguments: argparse.Namespace) -> int:
         print("latest failures:")
         for row in failures:
             retry = f", attempt {row.attempts}, will retry" if row.state == "pending" else ""
-            print(f"  {row.state:<11} {row.path}: {row.last_error}{retry}")
+            print(f"  {row.state:<11} {_shown(row.path, config.daemon.originals)}: {row.last_error}{retry}")
     return EXIT_OK
 
 
@@ -445,6 +445,14 @@ def command_sources(arguments: argparse.Namespace) -> int:
     print("\nA caption is written when there is none, or with --force when priority(--source) >= priority(current).\n"
           "A caption with no record of ours, or edited since we wrote it, counts as xmp (sidecar) or meta (embedded).")
     return EXIT_OK
+
+
+def _shown(path: Path, originals: Path | None) -> str:
+    """Return a path relative to the originals when it lies inside them."""
+    try:
+        return path.relative_to(originals).as_posix() if originals else str(path)
+    except ValueError:
+        return str(path)
 
 
 def _print_table(headers: list[str], rows: list[list[str]]) -> None:
