@@ -305,6 +305,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # as Ollama (Go) sends: no delayed-ACK stalls on reused connections
     server: _Server
     _openai = False
 

@@ -11,6 +11,7 @@ while reading, not only a per-read timeout) and the answer's size in bytes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import json
 import logging
@@ -424,9 +425,17 @@ def _is_crash(message: str) -> bool:
 
 
 def _stream_error(message: str) -> Exception:
-    if "runner" in message or "try again" in message or "busy" in message:
-        return TransientModelError(f"the model failed while answering: {message}", crashed=_is_crash(message))
-    return AnswerError(f"the model failed while answering: {message}")
+    """Return the error for a failure the server reported after its answer began (HTTP 200): the server's fault."""
+    if any(text in message for text in PERMANENT_SERVER_ERRORS):
+        return AnswerError(f"the model failed while answering: {message}")
+    return TransientModelError(f"the model failed while answering: {message}", crashed=_is_crash(message))
+
+
+def _drain(chunks: Iterator[bytes]) -> None:
+    """Read what is left of a finished stream, so its connection goes back to the pool for the next request."""
+    with contextlib.suppress(TransientModelError):  # the answer is complete; the connection is merely not reused
+        for _ in chunks:
+            pass
 
 
 def _parse_ndjson(chunks: Iterator[bytes]) -> Answer:
@@ -446,6 +455,7 @@ def _parse_ndjson(chunks: Iterator[bytes]) -> Answer:
         text.append(str(message.get("content", message.get("response", "")) or ""))
         thinking.append(str(message.get("thinking", "") or ""))
         if part.get("done"):
+            _drain(chunks)
             return Answer("".join(text), "".join(thinking), str(part.get("done_reason", "")))
     raise TransientModelError("the answer stream ended before it was done")
 
@@ -460,6 +470,7 @@ def _parse_sse(chunks: Iterator[bytes]) -> Answer:
             continue
         data = line[5:].strip()
         if data == b"[DONE]":
+            _drain(chunks)
             return Answer("".join(text), "".join(thinking), finish)
         try:
             event = json.loads(data)
