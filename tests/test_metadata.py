@@ -15,11 +15,14 @@ from captiond.metadata import (
     Exiftool,
     Provenance,
     current_caption,
+    merge_plans,
     plan_caption,
+    plan_keywords,
     remove_stale_temporaries,
     sidecar_path,
     truncate_bytes,
 )
+from captiond.sources import caption_hash
 from conftest import add_fixture, file_hash, read_tags
 
 PROVENANCE = Provenance("ollama", "qwen2.5vl:3b", "2026-11-24T10:00:00Z")
@@ -200,3 +203,19 @@ def test_exiftool_that_dies_is_replaced_and_never_hangs_us(exiftool: Exiftool, o
     except MetadataError as error:
         assert error.transient
     assert current_caption(exiftool.read(photo)).text == "Der Goalie bin ig"
+
+
+def test_new_sidecar_holds_any_text_exactly(exiftool: Exiftool, originals: Path) -> None:
+    photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    caption = "Tom & Jerry <3 \"quoted\" 'single' ]]> ☀️ 👨‍👩‍👧 – ünïcödé"
+    metadata = exiftool.read(photo)
+    plan = merge_plans(plan_caption(metadata, caption, PROVENANCE, False),
+                       plan_keywords(metadata, ["R&D", "<tag>"], PROVENANCE, False))
+    exiftool.apply(plan, metadata.sidecar)
+    tags = read_tags(Path(f"{photo}.xmp"), "XMP-dc:all", "XMP-tiff:all", "XMP-lr:all", "XMP-captiond:all")
+    assert tags["XMP-dc:Description"] == caption
+    assert tags["XMP-tiff:ImageDescription"] == caption
+    assert tags["XMP-dc:Subject"] in ("['R&D', '<tag>']", "R&D, <tag>")
+    assert tags["XMP-captiond:CaptionHash"] == caption_hash(caption)
+    again = exiftool.read(photo)  # our own reader agrees: nothing left to write
+    assert plan_caption(again, caption, PROVENANCE, False).empty

@@ -10,6 +10,7 @@ from .errors import AnswerError
 _THINK_BLOCK = re.compile(r"<think(?:ing)?>.*?</think(?:ing)?>", re.IGNORECASE | re.DOTALL)
 _THINK_OPEN = re.compile(r"<think(?:ing)?>.*\Z", re.IGNORECASE | re.DOTALL)
 _THINK_CLOSE = re.compile(r"\A.*?</think(?:ing)?>", re.IGNORECASE | re.DOTALL)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")  # terminal colour and cursor codes
 _CODE_FENCE = re.compile(r"```[a-zA-Z0-9_-]*\n?|```")
 _MARKDOWN_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _LINE_MARKERS = re.compile(r"^\s{0,3}(?:#{1,6}\s+|>\s?|[-*+•]\s+|\d{1,2}[.)]\s+)", re.MULTILINE)
@@ -88,7 +89,7 @@ def shorten(text: str, max_length: int) -> str:
 
 def clean_caption(raw: str, max_length: int = 500) -> str:
     """Return the caption hidden in a model's answer; raise AnswerError when nothing usable is left."""
-    text = strip_thinking(raw)
+    text = strip_thinking(_ANSI.sub("", raw))
     text = strip_markdown(text)
     text = single_line(text)
     text = strip_preamble(text)

@@ -20,7 +20,7 @@ from . import __version__
 from .config import Config, ModelConfig, find_config_file, load_config
 from .endpoints import EndpointPool
 from .errors import CaptiondError, ConfigError, ModelSetupError, UsageError
-from .library import parse_filter, scan
+from .library import parse_filter, printable, scan
 from .metadata import Exiftool
 from .model import ModelClient
 from .pipeline import (
@@ -182,10 +182,14 @@ def command_run(arguments: argparse.Namespace) -> int:
                          run.client.uri)
         with Exiftool() as exiftool:
             captioner = Captioner(config, runs, exiftool, options)
-            paths = list(scan(originals, terms))
+            unlisted: list[Outcome] = []
+            paths = list(scan(originals, terms, lambda folder, reason: unlisted.append(
+                Outcome(folder, FAILED, reason))))
             if terms and not paths:
                 log.warning("no photos under %s match %s", originals, " ".join(arguments.filters))
-            summary = Summary(originals, labels="labels" in runs, total=len(paths))
+            summary = Summary(originals, labels="labels" in runs, total=len(paths) + len(unlisted))
+            for outcome in unlisted:
+                summary.add(outcome)
             with Progress(len(paths), enabled=sys.stderr.isatty() and not arguments.quiet) as progress:
                 def record(outcome: Outcome) -> None:
                     summary.add(outcome)
@@ -321,10 +325,7 @@ class Summary:
         }
 
     def _relative(self, path: Path) -> str:
-        try:
-            return path.relative_to(self.originals).as_posix()
-        except ValueError:
-            return str(path)
+        return _shown(path, self.originals)
 
 
 def command_ls(arguments: argparse.Namespace) -> int:
@@ -450,9 +451,9 @@ def command_sources(arguments: argparse.Namespace) -> int:
 def _shown(path: Path, originals: Path | None) -> str:
     """Return a path relative to the originals when it lies inside them."""
     try:
-        return path.relative_to(originals).as_posix() if originals else str(path)
+        return printable(path.relative_to(originals).as_posix() if originals else str(path))
     except ValueError:
-        return str(path)
+        return printable(str(path))
 
 
 def _print_table(headers: list[str], rows: list[list[str]]) -> None:

@@ -6,7 +6,7 @@ import fnmatch
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,17 +76,25 @@ def is_candidate(name: str) -> bool:
     return extension in SUPPORTED_EXTENSIONS and not name.startswith(".") and not is_temporary(name)
 
 
-def scan(originals: Path, terms: Sequence[FilterTerm] = ()) -> Iterator[Path]:
+def printable(text: str) -> str:
+    """Return a file name safe to print on one line: control characters and undecodable bytes escaped."""
+    return "".join(f"\\x{ord(character) & 0xFF:02x}" if ord(character) < 32 or ord(character) == 127
+                   or 0xDC80 <= ord(character) <= 0xDCFF else character for character in text)
+
+
+def scan(originals: Path, terms: Sequence[FilterTerm] = (),
+         on_error: Callable[[Path, str], None] | None = None) -> Iterator[Path]:
     """Yield every photo under the originals folder that matches the filter, in a stable order.
 
     Hidden files and folders are skipped, and symlinks are never followed (they may point outside the
     library or form loops). Our own temporary files left by an interrupted write are removed on the way.
     """
-    for entry in scan_entries(originals, originals, terms):
+    for entry in scan_entries(originals, originals, terms, on_error):
         yield Path(entry.path)
 
 
-def scan_entries(originals: Path, top: Path, terms: Sequence[FilterTerm] = ()) -> Iterator[os.DirEntry[str]]:
+def scan_entries(originals: Path, top: Path, terms: Sequence[FilterTerm] = (),
+                 on_error: Callable[[Path, str], None] | None = None) -> Iterator[os.DirEntry[str]]:
     """Yield the directory entries of every photo under `top` (see scan); their stat is cached by os.scandir."""
     if not top.is_dir():
         raise UsageError(f"originals folder not found: {top}")
@@ -97,7 +105,10 @@ def scan_entries(originals: Path, top: Path, terms: Sequence[FilterTerm] = ()) -
             with os.scandir(directory) as iterator:
                 entries = sorted(iterator, key=lambda entry: entry.name)
         except OSError as exc:
-            log.warning("cannot list %s: %s", directory, exc.strerror or exc)
+            if on_error is not None:
+                on_error(directory, f"cannot list the folder: {exc.strerror or exc}")
+            else:
+                log.error("cannot list %s: %s", printable(str(directory)), exc.strerror or exc)
             continue
         remove_stale_temporaries(directory, [entry.name for entry in entries
                                              if entry.name.startswith(TEMPORARY_PREFIX)])

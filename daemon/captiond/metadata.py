@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import shutil
 import tempfile
 import threading
 import warnings
+import xml.sax.saxutils
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -193,8 +195,11 @@ def sidecar_path(path: Path, naming: str) -> tuple[Path, bool]:
     candidates = [path.with_name(path.name + suffix) for suffix in SIDECAR_SUFFIXES]
     candidates += [path.with_suffix(suffix) for suffix in SIDECAR_SUFFIXES]
     for candidate in candidates:
-        if candidate.is_file():
-            return candidate, True
+        try:
+            if candidate.is_file():
+                return candidate, True
+        except OSError:  # e.g. the name plus ".xmp" is longer than the filesystem allows
+            continue
     return (path.with_suffix(".xmp") if naming == "base" else path.with_name(path.name + ".xmp")), False
 
 
@@ -372,8 +377,13 @@ class Exiftool:
             if self._process is None or not self._process.running:
                 self._process = self._start()
             try:
-                output = self._process.execute(*arguments, raw_bytes=raw)
-                return self._process.last_status or 0, output, self._process.last_stderr or ""
+                # Raw bytes: exiftool's messages may hold file names that are not UTF-8.
+                output = self._process.execute(*arguments, raw_bytes=True)
+                stderr = self._process.last_stderr or b""
+                stderr_text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+                if not raw and isinstance(output, bytes):
+                    return self._process.last_status or 0, output.decode("utf-8", "replace"), stderr_text
+                return self._process.last_status or 0, output, stderr_text
             except (ExifToolException, OSError) as exc:
                 # Died or hung mid-command: the next command starts a new exiftool. This file is
                 # tried again later (our writes are atomic, so nothing is half-written).
@@ -438,6 +448,22 @@ class Exiftool:
         assert isinstance(output, bytes)
         return output
 
+    def _write_new_sidecar(self, target: Path, temporary: Path, packet: bytes) -> None:
+        """Write a brand-new sidecar: temporary file, fsync, rename (no exiftool needed)."""
+        try:
+            _create_exclusively(temporary, packet)
+            if target.exists():  # appeared meanwhile (another tool): never replace it blindly
+                raise MetadataError("a sidecar appeared while captiond wrote one; will try again", str(target),
+                                    transient=True)
+            os.replace(temporary, target)
+            _fsync_directory(target.parent)
+        except OSError as exc:
+            transient = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise MetadataError(f"cannot write: {exc.strerror or exc}", str(target), transient=transient) from exc
+        finally:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+
     def apply(self, plan: WritePlan, source: Path) -> None:
         """Write a plan: exiftool writes a new file under a temporary name, which replaces the target atomically.
 
@@ -450,6 +476,10 @@ class Exiftool:
         temporary = directory / f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{plan.target.suffix.lower()}"
         assignments = _assignments(plan.tags)
         before = _stat_or_none(source)
+        packet = new_sidecar_xmp(plan.tags) if before is None and not plan.embedded else None
+        if packet is not None:
+            self._write_new_sidecar(plan.target, temporary, packet)
+            return
         try:
             with self._argument_path(source) as source_argument:
                 command: list[str | bytes] = [*assignments, os.fsencode(temporary)]
@@ -461,6 +491,9 @@ class Exiftool:
                 status, output, stderr = self.run(*command)
             if status != 0 or not temporary.exists():
                 reason = _first_line(stderr) or _text(output)
+                if _low_on_space(directory):
+                    raise MetadataError(f"no space left on the disk ({reason}); will try again", str(plan.target),
+                                        transient=True)
                 raise MetadataError(f"exiftool could not write: {reason}", str(plan.target))
             if before is not None and _stat_or_none(source) != before:
                 raise MetadataError("the file changed while its metadata was written; will try again",
@@ -477,6 +510,61 @@ class Exiftool:
                 temporary.unlink()
 
 
+# How each tag of a new sidecar is serialised: namespace prefix, property, and kind (text, alt, bag).
+_NEW_SIDECAR_TAGS: dict[str, tuple[str, str, str]] = {
+    "XMP-dc:Description": ("dc", "description", "alt"),
+    "XMP-tiff:ImageDescription": ("tiff", "ImageDescription", "alt"),
+    "XMP-dc:Subject": ("dc", "subject", "bag"),
+    "XMP-lr:HierarchicalSubject": ("lr", "hierarchicalSubject", "bag"),
+    **{f"XMP-captiond:{name}": ("captiond", name, "text") for name in (
+        "CaptionSource", "CaptionModel", "CaptionTime", "CaptionHash", "LabelsSource", "LabelsModel", "LabelsTime")},
+    "XMP-captiond:AddedKeywords": ("captiond", "AddedKeywords", "bag"),
+}
+_NAMESPACES = {"dc": "http://purl.org/dc/elements/1.1/", "tiff": "http://ns.adobe.com/tiff/1.0/",
+               "lr": "http://ns.adobe.com/lightroom/1.0/", "captiond": "http://ns.captiond.app/xmp/1.0/"}
+
+
+def new_sidecar_xmp(tags: Mapping[str, str | tuple[str, ...]]) -> bytes | None:
+    """Return a complete XMP sidecar holding `tags`, or None if a tag is not one we serialise ourselves.
+
+    A brand-new sidecar is written directly (the packet exiftool itself would write), saving an exiftool
+    round trip per photo in a backfill; any existing file is always updated through exiftool.
+    """
+    if not tags or any(tag not in _NEW_SIDECAR_TAGS for tag in tags):
+        return None
+    prefixes = sorted({_NEW_SIDECAR_TAGS[tag][0] for tag in tags})
+    declarations = "".join(f"\n  xmlns:{prefix}='{_NAMESPACES[prefix]}'" for prefix in prefixes)
+    properties = []
+    for tag, value in tags.items():
+        prefix, name, kind = _NEW_SIDECAR_TAGS[tag]
+        element = f"{prefix}:{name}"
+        if kind == "text":
+            properties.append(f"  <{element}>{_xml_text(str(value))}</{element}>")
+        elif kind == "alt":
+            properties.append(f"  <{element}>\n   <rdf:Alt>\n    <rdf:li xml:lang='x-default'>"
+                              f"{_xml_text(str(value))}</rdf:li>\n   </rdf:Alt>\n  </{element}>")
+        else:
+            items = (value,) if isinstance(value, str) else value
+            if not items:
+                continue
+            lines = "".join(f"\n    <rdf:li>{_xml_text(item)}</rdf:li>" for item in items)
+            properties.append(f"  <{element}>\n   <rdf:Bag>{lines}\n   </rdf:Bag>\n  </{element}>")
+    body = "\n".join(properties)
+    packet = ("<?xpacket begin='\ufeff' id='W5M0MpCehiHzreSzNTczkc9d'?>\n"
+              "<x:xmpmeta xmlns:x='adobe:ns:meta/' x:xmptk='captiond'>\n"
+              "<rdf:RDF xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'>\n"
+              f" <rdf:Description rdf:about=''{declarations}>\n{body}\n </rdf:Description>\n"
+              "</rdf:RDF>\n</x:xmpmeta>\n<?xpacket end='w'?>")
+    return packet.encode("utf-8")
+
+
+def _xml_text(value: str) -> str:
+    """Return text safe inside an XML element: escaped, and without characters XML 1.0 cannot hold."""
+    allowed = "".join(character for character in inert(value) if character in "\t\n\r" or (
+        " " <= character <= "\ud7ff" or "\ue000" <= character <= "\ufffd" or character >= "\U00010000"))
+    return xml.sax.saxutils.escape(allowed)
+
+
 def _assignments(tags: Mapping[str, str | tuple[str, ...]]) -> list[str]:
     """Return exiftool arguments; a tuple becomes one assignment per item (the first replaces the list)."""
     arguments = []
@@ -486,6 +574,15 @@ def _assignments(tags: Mapping[str, str | tuple[str, ...]]) -> list[str]:
         else:
             arguments.append(f"-{tag}={inert(value)}")
     return arguments
+
+
+def _create_exclusively(path: Path, data: bytes) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        os.write(descriptor, data)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def remove_stale_temporaries(directory: Path, names: list[str]) -> None:
@@ -554,10 +651,18 @@ def _stat_or_none(path: Path) -> tuple[int, int] | None:
     return status.st_size, status.st_mtime_ns
 
 
+def _low_on_space(directory: Path) -> bool:
+    try:
+        disk = os.statvfs(directory)
+    except OSError:
+        return False
+    return disk.f_bavail * disk.f_frsize < 16 * 1024 * 1024
+
+
 def _copy_ownership(source: Path, destination: Path) -> None:
     status = source.stat()
     os.chmod(destination, status.st_mode & 0o7777)
-    with contextlib.suppress(PermissionError):
+    with contextlib.suppress(OSError):  # not permitted, or an owner unknown here (user namespaces)
         os.chown(destination, status.st_uid, status.st_gid)
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import errno
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -20,9 +22,10 @@ from pathlib import Path
 
 from .captions import clean_caption
 from .config import Config, ModelConfig
-from .errors import AnswerError, FileError, ModelSetupError
+from .errors import AnswerError, FileError, MetadataError, ModelSetupError
 from .imaging import PreparedImage, is_raw, prepare_bytes, prepare_file
 from .labels import LABEL_SYSTEM, LABEL_SYSTEM_PHRASE, LABELS_SCHEMA, SCHEMA_INSTRUCTIONS, parse_labels, select_labels
+from .library import printable
 from .metadata import (
     Exiftool,
     FileMetadata,
@@ -105,6 +108,7 @@ class Captioner:
             reason = "; ".join(decisions[kind].reason for kind in todo)
             if not self._claim():
                 return Outcome(path, SKIPPED, "--count reached")
+            check_writable(metadata, embedded)  # before the model is asked: its answer could not be kept
             image = self.prepare(metadata, max(self.runs[kind].model.resolution for kind in todo))
             if self.options.dry_run:
                 return Outcome(path, WOULD_CAPTION, reason)
@@ -123,6 +127,9 @@ class Captioner:
                            model_seconds=stages["request"], wrote_original=wrote, stages=stages)
         except FileError as error:
             return _failure(path, error)
+        except OSError as exc:  # a file system refusal no check above foresaw: this file's failure, not the run's
+            transient = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN)
+            return _failure(path, MetadataError(f"cannot read or write: {exc.strerror or exc}", transient=transient))
 
     def _labels_or_error(self, image: PreparedImage, metadata: FileMetadata) -> tuple[list[str] | None,
                                                                                        FileError | None]:
@@ -161,8 +168,15 @@ class Captioner:
         run = self.runs["caption"]
         assert run.client is not None
         prompt = self.prompt(run.model, metadata) + self._language_instruction("Answer in {}.")
-        answer = run.client.describe(image.jpeg, prompt, run.model.system, subject=self._name(metadata.path))
-        return clean_caption(answer.best_text, self.config.daemon.max_length)
+        for attempt in (1, 2):
+            answer = run.client.describe(image.jpeg, prompt, run.model.system, subject=self._name(metadata.path))
+            try:
+                return clean_caption(answer.best_text, self.config.daemon.max_length)
+            except AnswerError:
+                if attempt == 2:
+                    raise
+                log.info("%s: the model answered no caption; asking once more", self._name(metadata.path))
+        raise AssertionError("unreachable")
 
     def ask_labels(self, image: PreparedImage, metadata: FileMetadata) -> list[str]:
         """Return the keywords the labels model gives for an image (asked twice if it answers no JSON)."""
@@ -229,9 +243,9 @@ class Captioner:
         """Return a photo's path relative to the originals, for log lines."""
         originals = self.config.daemon.originals
         try:
-            return path.relative_to(originals).as_posix() if originals else str(path)
+            return printable(path.relative_to(originals).as_posix() if originals else str(path))
         except ValueError:
-            return str(path)
+            return printable(str(path))
 
     def _folder(self, path: Path) -> str:
         originals = self.config.daemon.originals
@@ -260,6 +274,24 @@ def describe_outcome(name: str, outcome: Outcome) -> str:
     if outcome.caption:
         return f"captioned {name}: {outcome.caption}{keywords}"
     return f"labelled {name}:{keywords or ' (no labels above the thresholds)'}"
+
+
+# Room left on the disk below which nothing is written (the model is not asked either).
+MINIMUM_FREE_BYTES = 4 * 1024 * 1024
+
+
+def check_writable(metadata: FileMetadata, embedded: bool) -> None:
+    """Raise a FileError if the caption could not be written: read-only photo or folder, or a full disk."""
+    target = metadata.path if embedded else metadata.sidecar
+    folder = target.parent
+    if embedded and not metadata.path.stat().st_mode & 0o222:
+        raise MetadataError("the photo is read-only (no write permission bits): not changed")
+    if not os.access(folder, os.W_OK):
+        raise MetadataError(f"the folder is not writable: {folder}")
+    disk = os.statvfs(folder)
+    needed = MINIMUM_FREE_BYTES + (metadata.path.stat().st_size if embedded else 0)
+    if disk.f_bavail * disk.f_frsize < needed:
+        raise MetadataError(f"no space left on the disk holding {folder}; will try again", transient=True)
 
 
 def _failure(path: Path, error: FileError, prefix: str = "", caption: str = "") -> Outcome:

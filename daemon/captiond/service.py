@@ -23,7 +23,7 @@ from pathlib import Path
 from .config import Config
 from .errors import CaptiondError, ModelSetupError
 from .health import HealthServer, Metrics, SystemdNotifier
-from .library import scan_entries
+from .library import printable, scan_entries
 from .model import ModelClient
 from .pipeline import CAPTIONED, FAILED, Captioner, Outcome, describe_outcome
 from .state import DONE, QUARANTINED, FileState, Stat, StateStore
@@ -370,6 +370,6 @@ class WatchService:
 
     def _relative(self, path: Path) -> str:
         try:
-            return path.relative_to(self.originals).as_posix()
+            return printable(path.relative_to(self.originals).as_posix())
         except ValueError:
-            return str(path)
+            return printable(str(path))
