@@ -11,6 +11,8 @@ from typing import Any
 
 from harness import PROJECT_DIRECTORY, available_cores
 
+BUSY_MACHINE_SHARE = 0.05  # above this share of the CPU used by other processes, a benchmark says so
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -52,6 +54,10 @@ def table(results: list[BenchmarkResult]) -> str:
             rows.append((measurement.figure, measurement.shown, measurement.target, met_text(measurement.met)))
             if measurement.note:
                 notes.append(f"{measurement.figure}: {measurement.note}")
+        share = result.details.get("machine_load", {}).get("other_processes_share", 0.0)
+        if share > BUSY_MACHINE_SHARE:
+            notes.append(f"{result.key}: other processes used {share:.0%} of the machine's CPU meanwhile; "
+                         "its figures may be worse than on a quiet machine")
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "-+-".join("-" * width for width in widths))
@@ -89,10 +95,10 @@ def _command_output(command: list[str]) -> str:
 
 
 def write_json(path: Path, mode: str, results: list[BenchmarkResult], bench_seconds: float,
-               started: str) -> None:
-    """Write every figure, its details and the machine to a JSON file."""
+               started: str, machine_description: dict[str, Any]) -> None:
+    """Write every figure, its details and the machine (described when the run started) to a JSON file."""
     document = {
-        "mode": mode, "started": started, "bench_seconds": round(bench_seconds, 1), "machine": machine(),
+        "mode": mode, "started": started, "bench_seconds": round(bench_seconds, 1), "machine": machine_description,
         "benchmarks": {result.key: {"title": result.title, "seconds": round(result.seconds, 1),
                                     "error": result.error or None,
                                     "measurements": [asdict(measurement) for measurement in result.measurements],

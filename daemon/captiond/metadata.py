@@ -491,7 +491,7 @@ class Exiftool:
                 status, output, stderr = self.run(*command)
             if status != 0 or not temporary.exists():
                 reason = _first_line(stderr) or _text(output)
-                if _low_on_space(directory):
+                if _low_on_space(directory, source if plan.embedded else None):
                     raise MetadataError(f"no space left on the disk ({reason}); will try again", str(plan.target),
                                         transient=True)
                 raise MetadataError(f"exiftool could not write: {reason}", str(plan.target))
@@ -651,12 +651,14 @@ def _stat_or_none(path: Path) -> tuple[int, int] | None:
     return status.st_size, status.st_mtime_ns
 
 
-def _low_on_space(directory: Path) -> bool:
+def _low_on_space(directory: Path, original: Path | None) -> bool:
+    """Return whether the disk lacks room for a sidecar (or for a new copy of `original`)."""
     try:
         disk = os.statvfs(directory)
+        needed = 256 * 1024 + (original.stat().st_size if original is not None else 0)
     except OSError:
         return False
-    return disk.f_bavail * disk.f_frsize < 16 * 1024 * 1024
+    return disk.f_bavail * disk.f_frsize < needed
 
 
 def _copy_ownership(source: Path, destination: Path) -> None:

@@ -276,8 +276,9 @@ def describe_outcome(name: str, outcome: Outcome) -> str:
     return f"labelled {name}:{keywords or ' (no labels above the thresholds)'}"
 
 
-# Room left on the disk below which nothing is written (the model is not asked either).
-MINIMUM_FREE_BYTES = 4 * 1024 * 1024
+# Room a sidecar needs on the disk (an embedded write needs the photo's size on top): below it, nothing
+# is written and the model is not asked.
+MINIMUM_FREE_BYTES = 64 * 1024
 
 
 def check_writable(metadata: FileMetadata, embedded: bool) -> None:
@@ -287,7 +288,7 @@ def check_writable(metadata: FileMetadata, embedded: bool) -> None:
     if embedded and not metadata.path.stat().st_mode & 0o222:
         raise MetadataError("the photo is read-only (no write permission bits): not changed")
     if not os.access(folder, os.W_OK):
-        raise MetadataError(f"the folder is not writable: {folder}")
+        raise MetadataError(f"the folder is read-only (no write permission): {printable(str(folder))}")
     disk = os.statvfs(folder)
     needed = MINIMUM_FREE_BYTES + (metadata.path.stat().st_size if embedded else 0)
     if disk.f_bavail * disk.f_frsize < needed:

@@ -28,7 +28,8 @@ from watchdog.observers.polling import PollingObserver
 from .library import is_candidate
 
 log = logging.getLogger(__name__)
-INOTIFY_LIMIT_FILE = Path("/proc/sys/fs/inotify/max_user_watches")
+# The machine's limit, and the limit of this user namespace (containers, `unshare -U`): the lower wins.
+INOTIFY_LIMIT_FILES = (Path("/proc/sys/fs/inotify/max_user_watches"), Path("/proc/sys/user/max_inotify_watches"))
 
 
 class _Handler(FileSystemEventHandler):
@@ -89,11 +90,14 @@ def start_observer(originals: Path, kind: str, on_file: Callable[[Path], None],
 
 
 def inotify_watch_limit() -> int | None:
-    """Return fs.inotify.max_user_watches, or None where it cannot be read."""
-    try:
-        return int(INOTIFY_LIMIT_FILE.read_text().strip())
-    except (OSError, ValueError):
-        return None
+    """Return the number of inotify watches this process may use, or None where it cannot be read."""
+    limits = []
+    for path in INOTIFY_LIMIT_FILES:
+        try:
+            limits.append(int(path.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return min(limits, default=None)
 
 
 class OverflowListener(logging.Handler):

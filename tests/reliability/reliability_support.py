@@ -10,18 +10,22 @@ emulator caption) each photo leads to.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import hashlib
+import io
 import json
 import os
 import random
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,7 +66,7 @@ class _Report:
     """
 
     SUMMED = ("crashes_survived", "hostile_inputs_tried", "photos", "photos_lost", "originals_changed",
-              "daemon_exits_during_faults", "bugs_found")
+              "daemon_exits_during_faults")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -90,6 +94,9 @@ class _Report:
             faults.update(figures.get("faults_injected", {}))
         totals["faults_injected"] = dict(sorted(faults.items()))
         totals["faults_injected_total"] = sum(faults.values())
+        totals["tests_recorded"] = len(self.tests)
+        totals["tests_with_problems"] = sorted(name for name, entry in self.tests.items()
+                                               if entry["figures"].get("problems"))
         return {"suite": "captiond reliability", "variant": "long" if LONG else "fast", "seed": SEED,
                 "started": self.started, "updated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "totals": totals, "tests": self.tests}
@@ -104,29 +111,76 @@ class _Report:
 REPORT = _Report()
 
 
+def records_failures(test: Callable[..., None]) -> Callable[..., None]:
+    """Decorate a test (taking the `request` fixture) so that a failed assertion is recorded in the report too."""
+    @functools.wraps(test)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        request: pytest.FixtureRequest = kwargs["request"]
+        try:
+            test(*args, **kwargs)
+        except AssertionError as error:
+            recorded = REPORT.tests.get(request.node.name, {}).get("figures", {}).get("problems")
+            if not recorded:
+                REPORT.record(request, problems=[str(error)[:1000]])
+            raise
+    return wrapper
+
+
+class Problems(list[str]):
+    """What a test found wrong: every check is run and recorded (in the report too), then asserted at once."""
+
+    def expect(self, condition: object, message: str) -> None:
+        """Record `message` unless condition holds."""
+        if not condition:
+            self.append(message)
+
+    def assert_none(self, context: str = "") -> None:
+        assert not self, "\n".join(self) + (f"\n--- context:\n{context}" if context else "")
+
+
 # ------------------------------------------------------------------------------------------ photos
-def make_photos(folder: Path, count: int, name: str = "IMG", per_folder: int = 40) -> list[Path]:
-    """Write `count` distinct small camera JPEGs (a fixture's picture and EXIF, a unique pattern each).
+_BASE_PICTURE: tuple[Image.Image, bytes] | None = None
+
+
+def photo_bytes(index: int) -> bytes:
+    """Return a distinct small camera JPEG: a fixture's picture and EXIF with a pattern unique to `index`.
 
     Distinct pixels mean a distinct JPEG sent to the model, so the emulator's caption names the photo
     and requests can be counted per photo.
     """
-    with Image.open(FIXTURES / "Canon_PowerShot_S40.jpg") as source:
-        exif = source.info.get("exif", b"")
-        base = source.convert("RGB").resize((240, 180))
+    global _BASE_PICTURE
+    if _BASE_PICTURE is None:
+        with Image.open(FIXTURES / "Canon_PowerShot_S40.jpg") as source:
+            _BASE_PICTURE = (source.convert("RGB").resize((240, 180)), source.info.get("exif", b""))
+    base, exif = _BASE_PICTURE
+    image = base.copy()
+    draw = ImageDraw.Draw(image)
+    for bit in range(12):  # the index as a row of black and white squares, plus a colour band
+        colour = (255, 255, 255) if index >> bit & 1 else (0, 0, 0)
+        draw.rectangle((bit * 20, 0, bit * 20 + 19, 19), fill=colour)
+    draw.rectangle((0, 160, 239, 179), fill=(index * 37 % 256, index * 91 % 256, index * 53 % 256))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90, exif=exif)
+    return buffer.getvalue()
+
+
+def make_photos(folder: Path, count: int, name: str = "IMG", per_folder: int = 40, first: int = 0) -> list[Path]:
+    """Write `count` distinct photos (see photo_bytes) as folder/NN/NAME_INDEX.jpg; return their paths."""
     photos = []
-    for index in range(count):
-        image = base.copy()
-        draw = ImageDraw.Draw(image)
-        for bit in range(12):  # the index as a row of black and white squares, plus a colour band
-            colour = (255, 255, 255) if index >> bit & 1 else (0, 0, 0)
-            draw.rectangle((bit * 20, 0, bit * 20 + 19, 19), fill=colour)
-        draw.rectangle((0, 160, 239, 179), fill=(index * 37 % 256, index * 91 % 256, index * 53 % 256))
+    for index in range(first, first + count):
         path = folder / f"{index // per_folder:02d}" / f"{name}_{index:05d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, quality=90, exif=exif)
+        path.write_bytes(photo_bytes(index))
         photos.append(path)
     return photos
+
+
+def jpeg_for_model(data: bytes) -> bytes:
+    """Return the JPEG captiond sends to the model for an image given as bytes (default Resolution)."""
+    with tempfile.NamedTemporaryFile(suffix=".jpg") as stream:
+        stream.write(data)
+        stream.flush()
+        return prepare_file(Path(stream.name), RESOLUTION).jpeg
 
 
 def model_jpeg(photo: Path) -> bytes:
@@ -170,27 +224,62 @@ def pixel_digest(path: Path) -> str:
         return f"undecodable: {type(error).__name__}: {error}"
 
 
-def snapshot(folder: Path, *, skip: Callable[[Path], bool] = lambda path: False) -> dict[bytes, str]:
-    """Return {raw relative path: digest} of every file and symlink under a folder (no symlink followed)."""
+def read_anywhere(path: Path | bytes, follow: bool = False) -> bytes | None:
+    """Return a file's bytes, also beyond PATH_MAX (walking down by directory descriptors); None if absent."""
+    raw = os.fsencode(path)
+    directory, name = raw.rsplit(b"/", 1)
+    descriptor = os.open(b"/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in directory.split(b"/"):
+            if part:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=descriptor)
+                os.close(descriptor)
+                descriptor = child
+        try:
+            handle = os.open(name, os.O_RDONLY | (0 if follow else os.O_NOFOLLOW), dir_fd=descriptor)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if error.errno == errno.ENAMETOOLONG:  # no such name can exist
+                return None
+            raise
+        with os.fdopen(handle, "rb") as stream:
+            return stream.read()
+    finally:
+        os.close(descriptor)
+
+
+def snapshot(folder: Path, *, skip: Callable[[bytes], bool] = lambda name: False) -> dict[bytes, str]:
+    """Return {raw relative path: digest} of every file and symlink under a folder.
+
+    Walks by directory descriptors (paths longer than PATH_MAX work) and never follows a symlink: a
+    symlink's digest is its target.
+    """
     result: dict[bytes, str] = {}
     root = os.fsencode(folder)
-    for directory, subdirectories, files in os.walk(root):
-        for name in [*files, *(entry for entry in subdirectories if os.path.islink(os.path.join(directory, entry)))]:
-            full = os.path.join(directory, name)
-            path = Path(os.fsdecode(full))
-            if skip(path):
+    for directory, subdirectories, files, descriptor in os.fwalk(root):
+        for name in [*files, *subdirectories]:
+            relative = os.path.relpath(os.path.join(directory, name), root)
+            if skip(relative):
                 continue
-            try:
-                result[os.path.relpath(full, root)] = file_digest(path)
-            except OSError as error:
-                result[os.path.relpath(full, root)] = f"unreadable: {error.strerror}"
+            status = os.stat(name, dir_fd=descriptor, follow_symlinks=False)
+            if stat.S_ISLNK(status.st_mode):
+                result[relative] = "symlink->" + os.fsdecode(os.readlink(name, dir_fd=descriptor))
+            elif stat.S_ISREG(status.st_mode):
+                try:
+                    handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=descriptor)
+                except OSError as error:
+                    result[relative] = f"unreadable: {error.strerror}"
+                    continue
+                with os.fdopen(handle, "rb") as stream:
+                    result[relative] = hashlib.sha256(stream.read()).hexdigest()
     return result
 
 
 def leftovers(folder: Path) -> list[str]:
     """Return files a write may leave behind when interrupted (exiftool's and captiond's temporaries)."""
     found = []
-    for directory, _, files in os.walk(os.fsencode(folder)):
+    for directory, _, files, _ in os.fwalk(os.fsencode(folder)):
         for name in files:
             text = os.fsdecode(name)
             if any(marker in text for marker in LEFTOVER_MARKERS):
@@ -409,6 +498,10 @@ class FaultyEmulator(JitteryEmulator):
         self.faults_enabled = True
         self._fault_rng = rng
         self._current = threading.local()
+        # Every kind at least once, early (seeded order, a normal answer between two faults), then at random.
+        opening: list[Fault | None] = list(faults)
+        rng.shuffle(opening)
+        self._opening: deque[Fault | None] = deque(item for fault in opening for item in (fault, None))
 
     def _record(self, request: RecordedRequest) -> None:
         super()._record(request)
@@ -421,7 +514,9 @@ class FaultyEmulator(JitteryEmulator):
             if self._queue:
                 return self._queue.popleft()
             chosen: Fault | None = None
-            if self.faults_enabled:
+            if self.faults_enabled and self._opening:
+                chosen = self._opening.popleft()
+            elif self.faults_enabled:
                 draw = self._fault_rng.random()
                 for fault in self.faults:
                     if draw < fault.probability:
@@ -470,17 +565,15 @@ def tmpfs(mount_point: Path, size: str, read_only: bool = False) -> Iterator[Pat
 def fill_disk(folder: Path) -> Path:
     """Fill the filesystem holding `folder` completely with one file; return it."""
     filler = folder / "filler.bin"
-    block = b"\0" * 4096
-    with filler.open("wb") as stream:
-        with contextlib.suppress(OSError):
-            while True:
-                stream.write(block)
-                stream.flush()
-    with contextlib.suppress(OSError):  # the last, partial block
-        with filler.open("ab") as stream:
-            for _ in range(4096):
-                stream.write(b"\0")
-                stream.flush()
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for size in (1 << 20, 1 << 16, 1 << 12, 1 << 9, 1):
+            block = b"\0" * size
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(descriptor, block)
+    finally:
+        os.close(descriptor)
     return filler
 
 
