@@ -431,6 +431,17 @@ def _stream_error(message: str) -> Exception:
     return TransientModelError(f"the model failed while answering: {message}", crashed=_is_crash(message))
 
 
+def _json_object(data: bytes) -> dict[str, Any]:
+    """Return a JSON object the server sent; anything else is a transient server fault."""
+    try:
+        document = json.loads(data)
+    except ValueError as exc:
+        raise TransientModelError(f"the server sent something that is not JSON: {data[:80]!r}") from exc
+    if not isinstance(document, dict):
+        raise TransientModelError("the server sent an unexpected answer")
+    return document
+
+
 def _drain(chunks: Iterator[bytes]) -> None:
     """Read what is left of a finished stream, so its connection goes back to the pool for the next request."""
     with contextlib.suppress(TransientModelError):  # the answer is complete; the connection is merely not reused
@@ -443,12 +454,7 @@ def _parse_ndjson(chunks: Iterator[bytes]) -> Answer:
     text: list[str] = []
     thinking: list[str] = []
     for line in _lines(chunks):
-        try:
-            part = json.loads(line)
-        except ValueError as exc:
-            raise TransientModelError(f"the server sent something that is not JSON: {line[:80]!r}") from exc
-        if not isinstance(part, dict):
-            raise TransientModelError("the server sent an unexpected answer")
+        part = _json_object(line)
         if part.get("error"):
             raise _stream_error(str(part["error"]))
         message: dict[str, Any] = part["message"] if isinstance(part.get("message"), dict) else part
@@ -472,11 +478,8 @@ def _parse_sse(chunks: Iterator[bytes]) -> Answer:
         if data == b"[DONE]":
             _drain(chunks)
             return Answer("".join(text), "".join(thinking), finish)
-        try:
-            event = json.loads(data)
-        except ValueError as exc:
-            raise TransientModelError(f"the server sent something that is not JSON: {data[:80]!r}") from exc
-        if isinstance(event, dict) and event.get("error"):
+        event = _json_object(data)
+        if event.get("error"):
             raise _stream_error(_error_message(data))
         for choice in event.get("choices") or []:
             delta = choice.get("delta") or {}
@@ -488,12 +491,7 @@ def _parse_sse(chunks: Iterator[bytes]) -> Answer:
 
 def _parse_single(content: bytes, openai: bool) -> Answer:
     """Return the answer of a non-streamed response."""
-    try:
-        document = json.loads(content)
-    except ValueError as exc:
-        raise TransientModelError(f"the server's answer is not JSON: {content[:80]!r}") from exc
-    if not isinstance(document, dict):
-        raise TransientModelError("the server sent an unexpected answer")
+    document = _json_object(content)
     if document.get("error"):
         raise _stream_error(_error_message(content))
     if openai:
