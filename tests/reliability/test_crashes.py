@@ -84,6 +84,9 @@ def test_sigkill_at_random_moments_loses_damages_and_repeats_nothing(
     # What the model was asked: each photo at least once, in total at most one extra per request that
     # can be in flight or answered-but-unwritten when a kill lands.
     asked = Counter(request_key(item) for item in requests)
+    # A kill while a request's body is on its way leaves the emulator a body it cannot read (key ""):
+    # that is a request in flight at a kill, counted in the bound below, not an image from elsewhere.
+    cut_short = asked.pop("", 0)
     bound = PHOTOS + KILLS * (PARALLEL + 2)
     unknown = set(asked) - set(keys.values())
 
@@ -124,6 +127,7 @@ def test_sigkill_at_random_moments_loses_damages_and_repeats_nothing(
     problems.expect(not broken_sidecars, f"sidecars that do not parse or hold no caption: {broken_sidecars}")
     problems.expect(not unknown, "the model was sent images that are not the library's photos")
     problems.expect(set(asked) == set(keys.values()), "some photos were never asked about")
+    problems.expect(cut_short <= KILLS * (PARALLEL + 2), f"{cut_short} requests cut short by {KILLS} kills")
     problems.expect(len(requests) <= bound, f"{len(requests)} model requests for {PHOTOS} photos and {KILLS} kills "
                                             f"(bound {bound})")
     problems.expect(report["counts"]["done"] == PHOTOS and report["queue"] == 0,
