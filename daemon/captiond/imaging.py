@@ -61,11 +61,6 @@ def is_raw(path: Path) -> bool:
     return path.suffix.lower() in RAW_EXTENSIONS
 
 
-def is_supported(path: Path) -> bool:
-    """Return whether captiond can caption files with this name's extension."""
-    return path.suffix.lower() in SUPPORTED_EXTENSIONS
-
-
 def prepare_file(path: Path, resolution: int) -> PreparedImage:
     """Return the model's JPEG for an image file on disk; raise ImageError naming the reason."""
     try:

@@ -75,7 +75,6 @@ class Outcome:
     keywords: tuple[str, ...] | None = None  # None: no labels asked
     transient: bool = False
     crashed: bool = False
-    model_seconds: float = 0.0
     wrote_original: bool = False
     stages: Mapping[str, float] = field(default_factory=dict)  # seconds: read, decode, encode, request, write
 
@@ -124,7 +123,7 @@ class Captioner:
             if labels_error is not None:  # the caption is written; the labels failed
                 return _failure(path, labels_error, "labels: ", caption)
             return Outcome(path, CAPTIONED, reason, caption, None if keywords is None else tuple(keywords),
-                           model_seconds=stages["request"], wrote_original=wrote, stages=stages)
+                           wrote_original=wrote, stages=stages)
         except FileError as error:
             return _failure(path, error)
         except OSError as exc:  # a file system refusal no check above foresaw: this file's failure, not the run's

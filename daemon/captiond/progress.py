@@ -25,7 +25,6 @@ class Progress:
                 TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=True)
             self._task = self._bar.add_task("captioning", total=total, rate="")
-        self._done = 0
 
     def __enter__(self) -> Progress:
         if self._bar is not None:
@@ -46,7 +45,6 @@ class Progress:
 
     def advance(self, outcome: Outcome) -> None:
         """Count one finished file."""
-        self._done += 1
         if self._bar is not None:
             task = self._bar.tasks[0]
             rate = f"{task.speed:.2f} files/s" if task.speed else ""

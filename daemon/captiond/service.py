@@ -78,7 +78,7 @@ class WatchService:
         overflow = OverflowListener(self.request_rescan)
         overflow.attach()
         observer = start_observer(self.originals, self._watcher_kind(), self._on_file, self._on_directory,
-                                  self._on_deleted, poll_interval=self.config.daemon.poll_interval)
+                                  self._on_file, poll_interval=self.config.daemon.poll_interval)
         self._observer_alive = observer.is_alive
         producers = [threading.Thread(target=self._rescan_loop, name="captiond-rescan", daemon=True),
                      threading.Thread(target=self._event_loop, name="captiond-events", daemon=True)]
@@ -127,16 +127,13 @@ class WatchService:
         return "polling" if self.config.daemon.watcher == "polling" else "inotify"
 
     def _on_file(self, path: Path) -> None:
+        """Note a path to look at (appeared, changed or deleted): the event loop stats it."""
         with self._events_lock:
             self._events[path] = time.monotonic()
 
     def _on_directory(self, path: Path) -> None:
         with self._events_lock:
             self._directories.add(path)
-
-    def _on_deleted(self, path: Path) -> None:
-        with self._events_lock:
-            self._events[path] = time.monotonic()
 
     def _event_loop(self) -> None:
         """Move watcher events into the queue every 100 ms (stat them, coalesce bursts into one transaction)."""
