@@ -6,6 +6,7 @@ the fast path: periodic rescans are the guarantee (see service.py).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -76,16 +77,30 @@ def start_observer(originals: Path, kind: str, on_file: Callable[[Path], None],
                    on_directory: Callable[[Path], None], on_deleted: Callable[[Path], None],
                    poll_interval: float = 30.0) -> BaseObserver:
     """Start watching the originals recursively (inotify, or polling for network shares); return the observer."""
-    observer: BaseObserver
-    if kind == "polling":
-        observer = PollingObserver(timeout=poll_interval)
-    else:
+    handler = _Handler(originals, on_file, on_directory, on_deleted)
+    if kind != "polling":
         from watchdog.observers import Observer
 
-        observer = Observer()
-    observer.schedule(_Handler(originals, on_file, on_directory, on_deleted), str(originals), recursive=True)
+        try:
+            return _started(Observer(), handler, originals)
+        except OSError as exc:
+            # watchdog 7.1 refuses to start when the inotify watches run out (older versions skipped folders).
+            if exc.errno not in (errno.ENOSPC, errno.EMFILE):
+                raise
+            log.warning("inotify cannot watch %s (%s): polling every %.0fs instead; raise the limit with "
+                        "sysctl fs.inotify.max_user_watches", originals, exc.strerror, poll_interval)
+    return _started(PollingObserver(timeout=poll_interval), handler, originals)
+
+
+def _started(observer: BaseObserver, handler: _Handler, originals: Path) -> BaseObserver:
+    """Schedule the recursive watch and start the observer; stop it again if starting fails."""
+    observer.schedule(handler, str(originals), recursive=True)
     observer.daemon = True
-    observer.start()
+    try:
+        observer.start()
+    except OSError:
+        observer.stop()
+        raise
     return observer
 
 
