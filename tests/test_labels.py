@@ -83,7 +83,9 @@ def test_caption_and_labels_written_together_and_human_keywords_kept(
     assert result.exit_code == 0, result.stderr
     assert "captioned 1, labelled 2, skipped 0, failed 0" in result.stdout
     tags = read_tags(Path(f"{photo}.xmp"), "XMP-dc:all", "XMP-lr:all", "XMP-captiond:all")
-    assert "XMP-dc:Description" not in tags  # the person's embedded caption stays the one readers see
+    # digiKam replaces the photo's XMP with the sidecar's: the person's caption is carried, as theirs.
+    assert tags["XMP-dc:Description"] == "Der Goalie bin ig"
+    assert "XMP-captiond:CaptionSource" not in tags
     assert tags["XMP-dc:Subject"] == "['tag', 'Ferris', 'Sky']" or tags["XMP-dc:Subject"] == "tag, Ferris, Sky"
     assert tags["XMP-captiond:LabelsSource"] == "ollama"
     assert read_tags(Path(f"{plain}.xmp"), "XMP-dc:Description")["XMP-dc:Description"] == "A fair at night."

@@ -36,9 +36,9 @@ import exiftool  # pyexiftool
 from exiftool.exceptions import ExifToolException
 
 from .errors import ExiftoolError, MetadataError
-from .imaging import RAW_EXTENSIONS
+from .imaging import RAW_EXTENSIONS, SUPPORTED_EXTENSIONS
 from .labels import merge_keywords
-from .sources import CurrentCaption, CurrentLabels, caption_hash, is_boilerplate
+from .sources import CurrentCaption, CurrentLabels, caption_hash, current_source, is_boilerplate
 
 log = logging.getLogger(__name__)
 # pyexiftool warns when it notices that exiftool died; captiond restarts it or is stopping anyway.
@@ -113,6 +113,15 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class OtherSidecar:
+    """Another sidecar under the photo's names: read for decisions and for what readers showed before."""
+
+    path: Path
+    tags: Mapping[str, str]
+    lists: Mapping[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
 class FileMetadata:
     """What exiftool read from an original and its sidecar."""
 
@@ -123,22 +132,35 @@ class FileMetadata:
     sidecar_tags: Mapping[str, str]
     original_lists: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     sidecar_lists: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    others: tuple[OtherSidecar, ...] = ()  # the photo's other existing sidecars (see `other_sidecars`)
+
+    @property
+    def fallback(self) -> OtherSidecar | None:
+        """Return the sidecar readers show while ours does not exist yet (Immich falls back to `<name>.xmp`)."""
+        return self.others[0] if self.others and not self.sidecar_exists else None
 
     def keywords(self, in_sidecar: bool) -> tuple[list[str], list[str], list[str]]:
         """Return (keywords, hierarchical keywords, the keywords we added) that readers see in the target.
 
-        A sidecar without keywords of its own shows the photo's embedded ones (readers merge the two key
-        by key), so those are carried over rather than hidden.
+        Keywords are every flat keyword any reader may show: `dc:subject` and the photo's IPTC Keywords
+        (Immich, digiKam and PhotoPrism show IPTC when nothing else hides it). A sidecar without a list of
+        its own shows the photo's embedded one (readers merge the two key by key), so those are carried
+        over rather than hidden.
         """
+        subject = self.visible_list("XMP-dc:Subject", in_sidecar) or ()
+        iptc = self.original_lists.get("IPTC:Keywords", ())
+        keywords = _unique((*subject, *iptc))
+        hierarchical = list(self.visible_list("XMP-lr:HierarchicalSubject", in_sidecar) or ())
         own = self.sidecar_lists if in_sidecar else self.original_lists
-        keywords = list(own.get("XMP-dc:Subject", ()))
-        hierarchical = list(own.get("XMP-lr:HierarchicalSubject", ()))
-        if in_sidecar and not keywords:
-            keywords = list(self.original_lists.get("XMP-dc:Subject", ()))
-            hierarchical = hierarchical or list(self.original_lists.get("XMP-lr:HierarchicalSubject", ()))
-        for keyword in self.original_lists.get("IPTC:Keywords", ()) if not keywords else ():
-            keywords.append(keyword)
         return keywords, hierarchical, list(own.get("XMP-captiond:AddedKeywords", ()))
+
+    def visible_list(self, tag: str, in_sidecar: bool) -> tuple[str, ...] | None:
+        """Return a list tag as readers see it in the target (None: absent): a sidecar's own, else embedded."""
+        if not in_sidecar or tag in self.sidecar_lists:
+            return (self.sidecar_lists if in_sidecar else self.original_lists).get(tag)
+        if self.fallback is not None and tag in self.fallback.lists:
+            return self.fallback.lists[tag]
+        return self.original_lists.get(tag)
 
     def context(self) -> dict[str, str]:
         """Return what a prompt may mention: capture date, camera and existing keywords."""
@@ -189,18 +211,86 @@ class WritePlan:
 def sidecar_path(path: Path, naming: str) -> tuple[Path, bool]:
     """Return the sidecar to use for an original and whether it exists.
 
-    An existing `<name>.<ext>.xmp` or `<name>.xmp` (any case of .xmp) is updated; otherwise a new one is
-    named `<name>.<ext>.xmp` (naming "ext") or `<name>.xmp` (naming "base").
+    An existing `<name>.<ext>.xmp` (any case of .xmp) is updated; so is an existing `<name>.xmp` when it
+    belongs to this photo (see `owns_base_sidecar`). Otherwise a new one is named `<name>.<ext>.xmp`
+    (naming "ext") or `<name>.xmp` (naming "base", only when that name belongs to this photo).
     """
-    candidates = [path.with_name(path.name + suffix) for suffix in SIDECAR_SUFFIXES]
-    candidates += [path.with_suffix(suffix) for suffix in SIDECAR_SUFFIXES]
-    for candidate in candidates:
-        try:
-            if candidate.is_file():
-                return candidate, True
-        except OSError:  # e.g. the name plus ".xmp" is longer than the filesystem allows
-            continue
-    return (path.with_suffix(".xmp") if naming == "base" else path.with_name(path.name + ".xmp")), False
+    for candidate in _own_sidecar_names(path):
+        if _is_file(candidate):
+            return candidate, True
+    base = next((candidate for candidate in _base_sidecar_names(path) if _is_file(candidate)), None)
+    if base is not None and owns_base_sidecar(path):
+        return base, True
+    if naming == "base" and base is None and owns_base_sidecar(path):
+        return path.with_suffix(".xmp"), False
+    return path.with_name(path.name + ".xmp"), False
+
+
+def other_sidecars(path: Path, target: Path) -> list[Path]:
+    """Return the existing sidecars under the photo's names other than `target` (read for decisions only).
+
+    PhotoPrism reads every sidecar whose name starts with the photo's base name, Immich falls back to
+    `<name>.xmp`: a person's caption in any of them is the photo's caption.
+    """
+    seen = {_identity(target)}
+    found = []
+    for candidate in (*_own_sidecar_names(path), *_base_sidecar_names(path)):
+        identity = _identity(candidate)
+        if identity is not None and identity not in seen:
+            seen.add(identity)
+            found.append(candidate)
+    return found
+
+
+def owns_base_sidecar(path: Path) -> bool:
+    """Return whether `<name>.xmp` belongs to this photo: no other photo has its base name, or it is the RAW.
+
+    In a RAW+JPEG pair (IMG_1.CR2 + IMG_1.JPG) Lightroom and darktable treat IMG_1.xmp as the RAW's; the
+    JPEG then gets IMG_1.JPG.xmp of its own, so neither photo ever writes into the other's sidecar. Two
+    non-RAW photos (or two RAWs) sharing a base name leave `<name>.xmp` to nobody.
+    """
+    siblings = _same_base_photos(path)
+    if not siblings:
+        return True
+    return path.suffix.lower() in RAW_EXTENSIONS and not any(
+        sibling.suffix.lower() in RAW_EXTENSIONS for sibling in siblings)
+
+
+def _own_sidecar_names(path: Path) -> list[Path]:
+    return [path.with_name(path.name + suffix) for suffix in SIDECAR_SUFFIXES]
+
+
+def _base_sidecar_names(path: Path) -> list[Path]:
+    return [path.with_suffix(suffix) for suffix in SIDECAR_SUFFIXES]
+
+
+def _same_base_photos(path: Path) -> list[Path]:
+    """Return the other photos in the folder with the same base name (IMG_1.JPG beside IMG_1.CR2)."""
+    identity = _identity(path)
+    others = []
+    for extension in sorted(SUPPORTED_EXTENSIONS):
+        for suffix in dict.fromkeys((extension, extension.upper())):
+            candidate = path.with_suffix(suffix)
+            candidate_identity = _identity(candidate)
+            if candidate_identity is not None and candidate_identity != identity and candidate.is_file():
+                others.append(candidate)
+    return others
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Return (device, inode) of an existing file, else None (one file under two spellings counts once)."""
+    try:
+        status = path.stat()
+    except (OSError, ValueError):  # missing, or the name is longer than the filesystem allows
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. the name plus ".xmp" is longer than the filesystem allows
+        return False
 
 
 def writes_embedded(path: Path, mode: str) -> bool:
@@ -209,22 +299,67 @@ def writes_embedded(path: Path, mode: str) -> bool:
     return mode == "embedded" and suffix in EMBEDDED_EXTENSIONS and suffix not in RAW_EXTENSIONS
 
 
+EMBEDDED_CAPTION_TAGS = ("XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract")
+CAPTION_RECORD_TAGS = ("XMP-captiond:CaptionSource", "XMP-captiond:CaptionModel", "XMP-captiond:CaptionHash",
+                       "XMP-captiond:CaptionTime")
+
+
 def current_caption(metadata: FileMetadata) -> CurrentCaption:
-    """Return the caption readers see now: the sidecar's if it has one, else the embedded one (MWG order)."""
-    sidecar_text = metadata.sidecar_tags.get("XMP-dc:Description", "") or metadata.sidecar_tags.get(
-        "XMP-tiff:ImageDescription", "")
-    if not is_boilerplate(sidecar_text):
-        return CurrentCaption(sidecar_text, "sidecar", metadata.sidecar_tags.get("XMP-captiond:CaptionSource", ""),
-                              metadata.sidecar_tags.get("XMP-captiond:CaptionHash", ""))
-    for tag in ("XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract"):
+    """Return the caption readers see now: the sidecar's if it has one, a person's caption in any other
+    sidecar of the photo, else the embedded one (MWG order)."""
+    sidecar = _sidecar_caption(metadata.sidecar_tags)
+    if not is_boilerplate(sidecar.text):
+        embedded = embedded_caption(metadata)
+        if not sidecar.recorded_source and sidecar.text == inert(embedded.text):
+            return embedded  # the copy we carried into the sidecar: still the embedded caption
+        return sidecar
+    for other in metadata.others:
+        candidate = _sidecar_caption(other.tags)
+        if current_source(candidate) not in ("", candidate.recorded_source):
+            return candidate  # a person's caption: theirs, whichever sidecar name it is under
+    embedded = embedded_caption(metadata)
+    if not is_boilerplate(embedded.text):
+        return embedded
+    return CurrentCaption(sidecar.text or embedded.text, "embedded")
+
+
+def embedded_caption(metadata: FileMetadata) -> CurrentCaption:
+    """Return the caption embedded in the photo (MWG order), or its boilerplate, or nothing."""
+    for tag in EMBEDDED_CAPTION_TAGS:
         text = metadata.original.get(tag, "")
         if not is_boilerplate(text):
             return CurrentCaption(text, "embedded", metadata.original.get("XMP-captiond:CaptionSource", ""),
                                   metadata.original.get("XMP-captiond:CaptionHash", ""))
-    boilerplate = sidecar_text or next((metadata.original.get(tag, "") for tag in
-                                        ("XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract")
-                                        if metadata.original.get(tag)), "")
-    return CurrentCaption(boilerplate, "embedded")
+    return CurrentCaption(next((metadata.original[tag] for tag in EMBEDDED_CAPTION_TAGS
+                                if metadata.original.get(tag)), ""), "embedded")
+
+
+def _sidecar_caption(tags: Mapping[str, str]) -> CurrentCaption:
+    text = tags.get("XMP-dc:Description", "") or tags.get("XMP-tiff:ImageDescription", "")
+    return CurrentCaption(text, "sidecar", tags.get("XMP-captiond:CaptionSource", ""),
+                          tags.get("XMP-captiond:CaptionHash", ""))
+
+
+def plan_carried_caption(metadata: FileMetadata) -> dict[str, str | tuple[str, ...]]:
+    """Return the tags that copy the caption readers showed so far into a sidecar we write without one.
+
+    digiKam replaces the photo's XMP with the sidecar's and Immich prefers the sidecar key by key, so a
+    sidecar holding only our keywords would hide the photo's own caption there: it carries a copy (with
+    our record beside it only where the caption was ours).
+    """
+    if not is_boilerplate(_sidecar_caption(metadata.sidecar_tags).text):
+        return {}
+    fallback = _sidecar_caption(metadata.fallback.tags) if metadata.fallback is not None else CurrentCaption()
+    if current_source(fallback) not in ("", fallback.recorded_source):
+        return {"XMP-dc:Description": inert(fallback.text), "XMP-tiff:ImageDescription": inert(fallback.text)}
+    embedded = embedded_caption(metadata)
+    if is_boilerplate(embedded.text):
+        return {}
+    tags: dict[str, str | tuple[str, ...]] = {"XMP-dc:Description": inert(embedded.text),
+                                              "XMP-tiff:ImageDescription": inert(embedded.text)}
+    if current_source(embedded) == embedded.recorded_source:
+        tags.update({tag: metadata.original[tag] for tag in CAPTION_RECORD_TAGS if tag in metadata.original})
+    return tags
 
 
 def current_labels(metadata: FileMetadata, embedded: bool) -> CurrentLabels:
@@ -289,17 +424,20 @@ def plan_keywords(metadata: FileMetadata, labels: list[str], provenance: Provena
     """
     current, hierarchical, ours_before = metadata.keywords(in_sidecar=not embedded)
     keywords, added = merge_keywords(current, ours_before, [inert(label) for label in labels])
-    hierarchy = _replace_ours(hierarchical, ours_before, added)
+    persons = [keyword for keyword in keywords if keyword not in added]
     existing_lists = metadata.original_lists if embedded else metadata.sidecar_lists
     existing_tags = metadata.original if embedded else metadata.sidecar_tags
+    # Immich, digiKam and darktable read a hierarchy before any flat list (Immich reads no dc:subject at
+    # all), so the hierarchy we write carries every flat keyword too: nothing a person had is hidden.
     wanted: dict[str, str | tuple[str, ...]] = {
-        "XMP-dc:Subject": tuple(keywords), "XMP-lr:HierarchicalSubject": tuple(hierarchy),
+        "XMP-dc:Subject": tuple(keywords),
+        "XMP-lr:HierarchicalSubject": _complete_hierarchy(hierarchical, ours_before, persons, added, "|"),
         "XMP-captiond:AddedKeywords": tuple(added), "XMP-captiond:LabelsSource": inert(provenance.source),
         "XMP-captiond:LabelsModel": inert(provenance.model)}
-    if "XMP-digiKam:TagsList" in existing_lists:
-        # digiKam and Immich read their TagsList before any other keyword tag: keep ours there too.
-        wanted["XMP-digiKam:TagsList"] = tuple(_replace_ours(list(existing_lists["XMP-digiKam:TagsList"]),
-                                                             ours_before, added))
+    tags_list = metadata.visible_list("XMP-digiKam:TagsList", in_sidecar=not embedded)
+    if tags_list is not None:
+        # digiKam and Immich read their TagsList before any other keyword tag: keep everything there too.
+        wanted["XMP-digiKam:TagsList"] = _complete_hierarchy(list(tags_list), ours_before, persons, added, "/")
     if embedded and metadata.has_iptc:
         wanted["IPTC:Keywords"] = tuple(truncate_bytes(keyword, IPTC_KEYWORD_BYTES) for keyword in keywords)
         if not all(keyword.isascii() for keyword in keywords):
@@ -313,12 +451,29 @@ def plan_keywords(metadata: FileMetadata, labels: list[str], provenance: Provena
     return changes
 
 
-def _replace_ours(entries: list[str], ours_before: list[str], added: list[str]) -> list[str]:
-    """Return a keyword list with our earlier entries replaced by the ones we add now."""
+def _unique(keywords: tuple[str, ...]) -> list[str]:
+    """Return keywords in order without repeats (ignoring case)."""
+    seen: set[str] = set()
+    unique = []
+    for keyword in keywords:
+        if keyword.casefold() not in seen:
+            seen.add(keyword.casefold())
+            unique.append(keyword)
+    return unique
+
+
+def _complete_hierarchy(entries: list[str], ours_before: list[str], persons: list[str], added: list[str],
+                        separator: str) -> tuple[str, ...]:
+    """Return a hierarchical keyword list with our earlier entries replaced by the ones we add now, and every
+    flat keyword of a person that no entry names yet (as a top-level entry)."""
     ours = {keyword.casefold() for keyword in ours_before}
     kept = [entry for entry in entries if entry.casefold() not in ours]
-    present = {entry.casefold() for entry in kept}
-    return kept + [label for label in added if label.casefold() not in present]
+    named = {part.strip().casefold() for entry in kept for part in entry.split(separator)}
+    for keyword in (*persons, *added):
+        if keyword.casefold() not in named:
+            kept.append(keyword)
+            named.add(keyword.casefold())
+    return tuple(kept)
 
 
 def merge_plans(first: WritePlan, extra: Mapping[str, str | tuple[str, ...]]) -> WritePlan:
@@ -416,10 +571,13 @@ class Exiftool:
     def read(self, path: Path, sidecar_naming: str = "ext") -> FileMetadata:
         """Return the caption-related tags of an original and of its sidecar, in one exiftool call."""
         sidecar, sidecar_exists = sidecar_path(path, sidecar_naming)
+        others = other_sidecars(path, sidecar)
         with contextlib.ExitStack() as stack:
             files = [stack.enter_context(self._argument_path(path))]
             if sidecar_exists:
                 files.append(stack.enter_context(self._argument_path(sidecar)))
+            other_arguments = [stack.enter_context(self._argument_path(other)) for other in others]
+            files += other_arguments
             # -fast2: no maker notes and no trailer scan, a third of exiftool's time on a camera JPEG;
             # RAW files need -fast only, some keep their preview inside the maker notes.
             speed = "-fast" if path.suffix.lower() in RAW_EXTENSIONS else "-fast2"
@@ -433,9 +591,15 @@ class Exiftool:
         original = _flatten(records[0])
         if "ExifTool:Error" in original:
             raise MetadataError(f"exiftool cannot read the file: {original['ExifTool:Error']}", str(path))
-        sidecar_record = records[1] if len(records) > 1 else {}
+        sidecar_record = records[1] if sidecar_exists and len(records) > 1 else {}
+        other_records = records[2 if sidecar_exists else 1:]
+        # exiftool leaves out a file it cannot read: match the records by name, not by position.
+        by_name = {str(record.get("SourceFile", "")): record for record in other_records}
+        read_others = tuple(OtherSidecar(other, _flatten(record), _lists(record))
+                            for other, argument in zip(others, other_arguments, strict=True)
+                            if (record := by_name.get(os.fsdecode(argument))) is not None)
         return FileMetadata(path, sidecar, sidecar_exists, original, _flatten(sidecar_record),
-                            _lists(records[0]), _lists(sidecar_record))
+                            _lists(records[0]), _lists(sidecar_record), read_others)
 
     def extract_preview(self, metadata: FileMetadata) -> bytes:
         """Return the largest embedded preview image of a RAW file (empty if it has none)."""
@@ -519,9 +683,11 @@ _NEW_SIDECAR_TAGS: dict[str, tuple[str, str, str]] = {
     **{f"XMP-captiond:{name}": ("captiond", name, "text") for name in (
         "CaptionSource", "CaptionModel", "CaptionTime", "CaptionHash", "LabelsSource", "LabelsModel", "LabelsTime")},
     "XMP-captiond:AddedKeywords": ("captiond", "AddedKeywords", "bag"),
+    "XMP-digiKam:TagsList": ("digiKam", "TagsList", "seq"),
 }
 _NAMESPACES = {"dc": "http://purl.org/dc/elements/1.1/", "tiff": "http://ns.adobe.com/tiff/1.0/",
-               "lr": "http://ns.adobe.com/lightroom/1.0/", "captiond": "http://ns.captiond.app/xmp/1.0/"}
+               "lr": "http://ns.adobe.com/lightroom/1.0/", "captiond": "http://ns.captiond.app/xmp/1.0/",
+               "digiKam": "http://www.digikam.org/ns/1.0/"}
 
 
 def new_sidecar_xmp(tags: Mapping[str, str | tuple[str, ...]]) -> bytes | None:
@@ -548,7 +714,8 @@ def new_sidecar_xmp(tags: Mapping[str, str | tuple[str, ...]]) -> bytes | None:
             if not items:
                 continue
             lines = "".join(f"\n    <rdf:li>{_xml_text(item)}</rdf:li>" for item in items)
-            properties.append(f"  <{element}>\n   <rdf:Bag>{lines}\n   </rdf:Bag>\n  </{element}>")
+            container = "rdf:Seq" if kind == "seq" else "rdf:Bag"
+            properties.append(f"  <{element}>\n   <{container}>{lines}\n   </{container}>\n  </{element}>")
     body = "\n".join(properties)
     packet = ("<?xpacket begin='\ufeff' id='W5M0MpCehiHzreSzNTczkc9d'?>\n"
               "<x:xmpmeta xmlns:x='adobe:ns:meta/' x:xmptk='captiond'>\n"

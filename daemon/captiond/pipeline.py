@@ -35,6 +35,7 @@ from .metadata import (
     current_labels,
     merge_plans,
     plan_caption,
+    plan_carried_caption,
     plan_keywords,
     writes_embedded,
 )
@@ -217,6 +218,8 @@ class Captioner:
         if keywords is not None:
             provenance = Provenance(self.source("labels"), self.runs["labels"].model.model_id)
             plan = merge_plans(plan, plan_keywords(metadata, keywords, provenance, embedded))
+            if not caption and not embedded and not plan.empty:
+                plan = merge_plans(plan, plan_carried_caption(metadata))
         self.exiftool.apply(plan, metadata.path if embedded else metadata.sidecar)
         return embedded and not plan.empty
 
