@@ -373,6 +373,7 @@ def command_watch(arguments: argparse.Namespace) -> int:
     runs = model_runs(config, arguments.models)
     clients = _clients(runs)
     state = StateStore(config.daemon.state_dir)
+    abandoned = 0
     try:
         with Exiftool() as exiftool:
             service = WatchService(config, Captioner(config, runs, exiftool, RunOptions()), clients, state)
@@ -385,11 +386,17 @@ def command_watch(arguments: argparse.Namespace) -> int:
             except ModelSetupError as error:
                 service.model_unavailable(error)
             service.run()
+            abandoned = service.abandoned
     finally:
         for client in clients:
             client.close()
         state.close()
     log.info("stopped")
+    if abandoned:
+        # Threads blocked on a server that sends nothing would hold the process until their deadline
+        # (the interpreter joins them at exit); their files are queued again, so leave without them.
+        logging.shutdown()
+        os._exit(EXIT_OK)
     return EXIT_OK
 
 

@@ -36,13 +36,15 @@ BATCH = 500
 CRASHES_BEFORE_QUARANTINE = 2
 MAX_REQUEUE_DELAY = 3600.0
 PROBE_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+STALL_AFTER = 600.0  # the least time without a finished file, while files are due, before the daemon counts as stuck
 
 
 class WatchService:
     """Runs the daemon until `stop` is set."""
 
     def __init__(self, config: Config, captioner: Captioner, clients: list[ModelClient], state: StateStore,
-                 metrics: Metrics | None = None, notifier: SystemdNotifier | None = None) -> None:
+                 metrics: Metrics | None = None, notifier: SystemdNotifier | None = None,
+                 stall_after: float | None = None) -> None:
         assert config.daemon.originals is not None
         self.config = config
         self.originals = config.daemon.originals
@@ -63,9 +65,18 @@ class WatchService:
         self._events_lock = threading.Lock()
         self._model_failures = 0
         self._model_error = ""
+        # Liveness (what the systemd watchdog and /healthz report): the loops turn, the observer and the
+        # producer threads live, and when files are due the queue moves. One file may take a whole request
+        # deadline plus its retries, so "stuck" means no file finished for well over that.
+        self.stall_after = stall_after if stall_after is not None else max(
+            STALL_AFTER, 2 * (config.daemon.timeout + config.daemon.retry.total))
         self._last_progress = time.monotonic()
+        self._event_loop_turned = time.monotonic()
         self._observer_alive: Callable[[], bool] = lambda: True
+        self._producers: list[threading.Thread] = []
         self._last_notify = 0.0
+        self._not_alive_reason = ""
+        self.abandoned = 0  # requests still blocked when the daemon stopped
 
     # -- the whole daemon --------------------------------------------------------------------
 
@@ -82,6 +93,7 @@ class WatchService:
         self._observer_alive = observer.is_alive
         producers = [threading.Thread(target=self._rescan_loop, name="captiond-rescan", daemon=True),
                      threading.Thread(target=self._event_loop, name="captiond-events", daemon=True)]
+        self._producers = producers
         for thread in producers:
             thread.start()
         if not self._model_error:
@@ -114,9 +126,10 @@ class WatchService:
         self._rescan_requested.set()
 
     def healthy(self) -> tuple[bool, str]:
-        """Return whether the daemon works (observer alive, model reachable, queue moving) and why not."""
-        if not self._observer_alive():
-            return False, "the filesystem observer stopped"
+        """Return whether the daemon works (alive, model reachable) and why not."""
+        reason = self.liveness()
+        if reason:
+            return False, reason
         if self._model_error:
             return False, f"model server: {self._model_error}"
         return True, self._status_line()
@@ -138,13 +151,17 @@ class WatchService:
     def _event_loop(self) -> None:
         """Move watcher events into the queue every 100 ms (stat them, coalesce bursts into one transaction)."""
         while not self.stop.wait(0.1):
+            self._event_loop_turns()
             with self._events_lock:
                 paths, self._events = list(self._events), {}
                 directories, self._directories = list(self._directories), set()
             for directory in directories:
-                self._enqueue_tree(directory, forget_missing=False)
+                self._enqueue_tree(directory, forget_missing=False, turned=self._event_loop_turns)
             if paths:
                 self._enqueue_paths(paths, not_before=time.time() + self.settle)
+
+    def _event_loop_turns(self) -> None:
+        self._event_loop_turned = time.monotonic()
 
     def _enqueue_paths(self, paths: list[Path], not_before: float) -> None:
         items, gone = [], []
@@ -170,8 +187,11 @@ class WatchService:
             self._rescan_requested.wait(interval)
             self._rescan_requested.clear()
 
-    def _enqueue_tree(self, top: Path, forget_missing: bool) -> None:
-        """Queue every new or changed photo under a folder; forget rows of vanished files (full rescans)."""
+    def _enqueue_tree(self, top: Path, forget_missing: bool, turned: Callable[[], None] = lambda: None) -> None:
+        """Queue every new or changed photo under a folder; forget rows of vanished files (full rescans).
+
+        `turned` is called for every entry: a big folder moved in keeps the event loop busy, not stuck.
+        """
         started = time.monotonic()
         known = self.state.known_stats() if forget_missing else {}
         seen: set[bytes] = set()
@@ -181,6 +201,7 @@ class WatchService:
         for entry in scan_entries(self.originals, top):
             if self.stop.is_set():
                 return
+            turned()
             try:
                 status = entry.stat(follow_symlinks=False)
             except OSError:
@@ -227,7 +248,8 @@ class WatchService:
 
     def _consume(self) -> None:
         in_flight: set[concurrent.futures.Future[None]] = set()
-        with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="captiond") as executor:
+        executor = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="captiond")
+        try:
             while not self.stop.is_set():
                 self._heartbeat()
                 if self._model_error and not self._probe_model():
@@ -243,7 +265,9 @@ class WatchService:
                 in_flight -= done
                 self._wake.wait(self._idle_wait(in_flight))
                 self._wake.clear()
+        finally:
             self._finish_in_flight(in_flight)
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def _idle_wait(self, in_flight: set[concurrent.futures.Future[None]]) -> float:
         if in_flight:
@@ -254,16 +278,25 @@ class WatchService:
         return min(1.0, max(0.02, next_due - time.time()))
 
     def _finish_in_flight(self, in_flight: set[concurrent.futures.Future[None]]) -> None:
-        """Let writes under way finish; requests still waiting for the model are abandoned and queued again."""
+        """Let writes under way finish; requests still waiting for the model are abandoned and queued again.
+
+        Files claimed but not started are not started. A request blocked on a server that sends nothing
+        does not end when its connection is closed; it is left behind (`abandoned`), its row queued again.
+        """
+        for future in in_flight:
+            future.cancel()
         _, waiting = concurrent.futures.wait(in_flight, timeout=5)
-        if waiting:
-            log.info("stopping: abandoning %d requests to the model (they stay queued)", len(waiting))
-            for client in self.clients:
-                client.close()
-            concurrent.futures.wait(waiting)
+        if not waiting:
+            return
+        log.info("stopping: abandoning %d requests to the model (they stay queued)", len(waiting))
+        for client in self.clients:
+            client.close()
+        _, left = concurrent.futures.wait(waiting, timeout=5)
+        self.abandoned = len(left)
 
     def _handle(self, row: FileState) -> None:
         path = row.path
+        self._moved()
         stat = Stat.of(path)
         if stat is None:
             self.state.forget([path])
@@ -276,13 +309,20 @@ class WatchService:
         try:
             outcome = self.captioner.process(path, photo_changed=row.changed)
         except ModelSetupError as error:
+            if self.stop.is_set():
+                return  # abandoned at shutdown: the row stays running, and run() queues it again as it was
             self.state.retry_later(path, str(error), delay=0, count_attempt=False)
             self.model_unavailable(error)
+            return
+        if self.stop.is_set() and outcome.status == FAILED and outcome.transient:
+            # The request was abandoned at shutdown (its connection closed under it): that costs no attempt
+            # and leaves the reason it had; run() puts the row back in the queue unchanged.
+            log.debug("abandoned %s at shutdown: %s", self._relative(path), outcome.reason)
             return
         self._record(row, outcome, stat)
 
     def _record(self, row: FileState, outcome: Outcome, stat: Stat) -> None:
-        self._last_progress = time.monotonic()
+        self._moved()
         self._model_failures, self._model_error = 0, ""
         self.metrics.files.labels(outcome.status).inc()
         if outcome.status != FAILED or not outcome.transient:
@@ -320,9 +360,11 @@ class WatchService:
         """Wait a growing delay, then check the model again; return whether it is back."""
         delay = PROBE_DELAYS[min(self._model_failures, len(PROBE_DELAYS) - 1)]
         self._model_failures += 1
-        self.notifier.send(f"STATUS=waiting for the model server: {self._model_error}")
-        if self.stop.wait(delay):
-            return False
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            self._heartbeat()  # the probe loop turns: keep telling systemd so
+            if self.stop.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+                return False
         try:
             for client in self.clients:
                 client.check(retry=False)
@@ -338,19 +380,58 @@ class WatchService:
     # -- health ------------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
-        """Once a second at most: update the queue gauge and, under systemd, pet the watchdog."""
+        """Once a second at most: update the queue gauge and, under systemd, pet the watchdog while alive."""
         now = time.monotonic()
-        interval = min(self.notifier.watchdog_interval or 1.0, 5.0, 1.0)
-        if now - self._last_notify < interval:
+        if now - self._last_notify < min(1.0, self.notifier.watchdog_interval or 1.0):
             return
         self._last_notify = now
         counts = self.state.counts()
         self.metrics.queue.set(counts["pending"] + counts["running"])
-        if self.notifier.watchdog_interval is None:
+        if self.notifier.watchdog_interval is None and not self.notifier.address:
             return
-        moving = counts["pending"] == 0 or now - self._last_progress < 600 or bool(self._model_error)
-        if self._observer_alive() and moving:
-            self.notifier.send(f"WATCHDOG=1\nSTATUS={self._status_line(counts)}")
+        reason = self.liveness(counts)
+        if reason:
+            if not self._not_alive_reason:
+                log.error("not alive: %s; %s", reason, "systemd's watchdog will restart the daemon"
+                          if self.notifier.watchdog_interval else "stopped telling systemd so")
+            self._not_alive_reason = reason
+            return
+        self._not_alive_reason = ""
+        status = (f"waiting for the model server: {self._model_error}" if self._model_error
+                  else self._status_line(counts))
+        self.notifier.send(f"WATCHDOG=1\nSTATUS={status}" if self.notifier.watchdog_interval else f"STATUS={status}")
+
+    def liveness(self, counts: dict[str, int] | None = None) -> str:
+        """Return why the daemon is not alive, or "" when it is.
+
+        Alive: the filesystem observer and the producer threads live, the event loop turns, and when any
+        file is due (or being processed) some file finished within `stall_after`. A file waiting in a
+        long retry backoff is not due: a daemon with nothing due is idle, not stuck. While the model
+        server is away the consumer probes it instead (the probe loop turns), which is alive too.
+        """
+        now = time.monotonic()
+        if not self._observer_alive():
+            return "the filesystem observer stopped"
+        for thread in self._producers:
+            if not thread.is_alive():
+                return f"the {thread.name} thread stopped"
+        if self._producers and now - self._event_loop_turned > self.stall_after:
+            return f"the event loop has not turned for {now - self._event_loop_turned:.0f}s"
+        if self._model_error:
+            self._last_progress = now  # paused, not stuck: the stall clock starts again when it resumes
+            return ""
+        counts = counts or self.state.counts()
+        next_due = self.state.next_due()
+        busy = counts["running"] > 0 or (next_due is not None and next_due <= time.time())
+        if not busy:
+            self._last_progress = now  # the stall clock starts when work becomes due
+            return ""
+        if now - self._last_progress > self.stall_after:
+            return f"files are due but none has moved for {now - self._last_progress:.0f}s"
+        return ""
+
+    def _moved(self) -> None:
+        self._last_progress = time.monotonic()
 
     def _status_line(self, counts: dict[str, int] | None = None) -> str:
         counts = counts or self.state.counts()
