@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .admin import act_as_owner, daemon_settings, describe_settings, find_database, recorded_model
 from .config import Config, ModelConfig, find_config_file, load_config
 from .endpoints import EndpointPool
 from .errors import CaptiondError, ConfigError, ModelSetupError, UsageError
@@ -38,7 +39,7 @@ from .pipeline import (
 from .progress import Progress
 from .service import WatchService
 from .sources import PRIORITIES, WRITABLE_SOURCES
-from .state import DATABASE_NAME, StateStore
+from .state import StateStore
 
 log = logging.getLogger("captiond")
 
@@ -125,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--state-dir", metavar="DIR", help="where the state database lives (overrides Daemon.StateDir)")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=command_status)
+
+    retry = commands.add_parser("retry", parents=[common], help="queue failed and quarantined files again",
+                                description="Queue the daemon's failed and quarantined files (and files waiting "
+                                "for a retry) to be tried now, from zero attempts. Run it as the daemon's user "
+                                "(as root it becomes the owner of the state database). FILTER as for run.")
+    retry.add_argument("filters", nargs="*", metavar="FILTER")
+    retry.add_argument("--state-dir", metavar="DIR", help="where the state database lives (overrides Daemon.StateDir)")
+    retry.set_defaults(handler=command_retry)
     return parser
 
 
@@ -377,6 +386,7 @@ def command_watch(arguments: argparse.Namespace) -> int:
     try:
         with Exiftool() as exiftool:
             service = WatchService(config, Captioner(config, runs, exiftool, RunOptions()), clients, state)
+            state.record_settings(daemon_settings(config, runs))
             for signal_number in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signal_number, lambda number, frame: service.request_stop())
             try:
@@ -401,17 +411,18 @@ def command_watch(arguments: argparse.Namespace) -> int:
 
 
 def command_status(arguments: argparse.Namespace) -> int:
-    """Print the state database's counts, the latest failures and whether the model server answers."""
+    """Print the daemon's settings, queue counts, latest failures and whether its model server answers."""
     config = load(arguments).with_daemon(state_dir=Path(arguments.state_dir) if arguments.state_dir else None)
-    database = config.daemon.state_dir / DATABASE_NAME
-    if not database.exists():
-        raise UsageError(f"no state database at {database}: `captiond watch` has not run with this StateDir yet")
-    state = StateStore(config.daemon.state_dir, readonly=True)
+    database = find_database(config, explicit=bool(arguments.state_dir))
+    state = StateStore(database.parent, readonly=True)
     try:
         counts, failures, next_due = state.counts(), state.recent_failures(10), state.next_due()
+        settings = state.settings()
     finally:
         state.close()
-    model = config.model("caption")
+    # The server the daemon uses (it recorded it), not the one this shell's environment would pick.
+    model = recorded_model(settings, config) or config.model("caption")
+    originals = Path(str(settings["originals"])) if settings.get("originals") else config.daemon.originals
     reachable = "no caption model configured"
     if model is not None and model.usable:
         client = ModelClient(model, config.daemon)
@@ -423,25 +434,59 @@ def command_status(arguments: argparse.Namespace) -> int:
         finally:
             client.close()
     report = {
-        "database": str(database), "counts": counts, "queue": counts["pending"] + counts["running"],
+        "database": str(database), "daemon": settings, "counts": counts, "queue": counts["pending"] + counts["running"],
         "next_due_in_seconds": None if next_due is None else max(0.0, round(next_due - time.time(), 1)),
         "model": reachable,
-        "failures": [{"path": _shown(row.path, config.daemon.originals), "state": row.state,
+        "failures": [{"path": _shown(row.path, originals), "state": row.state,
                       "attempts": row.attempts, "reason": row.last_error} for row in failures],
     }
     if arguments.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
     print(f"state:  {database}")
+    for line in describe_settings(settings):
+        print(f"  {line}")
     print("files:  " + ", ".join(f"{count} {state_name}" for state_name, count in counts.items()))
     due = "" if next_due is None else f" (next due in {report['next_due_in_seconds']}s)"
     print(f"queue:  {report['queue']}{due}")
     print(f"model:  {reachable}")
     if failures:
-        print("latest failures:")
+        print("latest failures (`captiond retry` queues them again):")
         for row in failures:
             retry = f", attempt {row.attempts}, will retry" if row.state == "pending" else ""
-            print(f"  {row.state:<11} {_shown(row.path, config.daemon.originals)}: {row.last_error}{retry}")
+            print(f"  {row.state:<11} {_shown(row.path, originals)}: {row.last_error}{retry}")
+    return EXIT_OK
+
+
+def command_retry(arguments: argparse.Namespace) -> int:
+    """Queue failed and quarantined files (and files waiting for a retry) again in the daemon's database."""
+    config = load(arguments).with_daemon(state_dir=Path(arguments.state_dir) if arguments.state_dir else None)
+    database = find_database(config, explicit=bool(arguments.state_dir))
+    act_as_owner(database)
+    state = StateStore(database.parent)
+    try:
+        settings = state.settings()
+        originals = Path(str(settings["originals"])) if settings.get("originals") else config.daemon.originals
+        if arguments.filters and originals is None:
+            raise UsageError("FILTER needs the originals folder: pass --config with Daemon.Originals")
+        terms = parse_filter(arguments.filters, originals) if originals is not None else ()
+
+        def selected(path: Path) -> bool:
+            if not terms or originals is None:
+                return True
+            try:
+                relative = path.relative_to(originals).as_posix()
+            except ValueError:
+                return False
+            return any(term.matches(relative, path.name) for term in terms)
+
+        requeued = state.requeue(selected)
+    finally:
+        state.close()
+    total = sum(requeued.values())
+    print(f"queued again: {total} files ({requeued['failed']} failed, {requeued['quarantined']} quarantined, "
+          f"{requeued['pending']} waiting for a retry)" + ("; a running daemon takes them up within seconds"
+                                                            if total else ""))
     return EXIT_OK
 
 

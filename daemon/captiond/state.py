@@ -12,11 +12,12 @@ library costs one stat and one lookup per file. Paths are stored as bytes (any f
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,10 @@ CREATE TABLE IF NOT EXISTS files (
     changed INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_queue ON files (state, next_try);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -223,6 +228,45 @@ class StateStore:
             connection.execute("UPDATE files SET state=?, size=?, mtime_ns=?, next_try=?, updated=? WHERE path=?",
                                (PENDING, stat.size, stat.mtime_ns, time.time() + delay, time.time(),
                                 os.fsencode(path)))
+
+    def requeue(self, selected: Callable[[Path], bool], now: float | None = None) -> dict[str, int]:
+        """Queue failed and quarantined files, and files waiting for a retry, to be tried now from zero attempts.
+
+        Return how many of each state were requeued (only rows whose path `selected` accepts).
+        """
+        now = time.time() if now is None else now
+        requeued = dict.fromkeys((FAILED, QUARANTINED, PENDING), 0)
+        with self.transaction() as connection:
+            rows = connection.execute("SELECT path, state FROM files WHERE state IN (?, ?) OR (state=? AND "
+                                      "(attempts>0 OR next_try>?))", (FAILED, QUARANTINED, PENDING, now)).fetchall()
+            keys = []
+            for key, state in rows:
+                if selected(Path(os.fsdecode(bytes(key)))):
+                    keys.append((PENDING, now, now, bytes(key)))
+                    requeued[str(state)] += 1
+            connection.executemany("UPDATE files SET state=?, attempts=0, crashes=0, last_error='', next_try=?, "
+                                   "updated=? WHERE path=?", keys)
+        return requeued
+
+    # -- the daemon's settings ---------------------------------------------------------------
+
+    def record_settings(self, settings: dict[str, object]) -> None:
+        """Record the daemon's effective settings (no secrets), for `captiond status` and `retry`."""
+        with self.transaction() as connection:
+            connection.execute("INSERT INTO settings (key, value) VALUES ('daemon', ?) ON CONFLICT(key) DO UPDATE "
+                               "SET value=excluded.value", (json.dumps(settings),))
+
+    def settings(self) -> dict[str, object]:
+        """Return the settings the daemon recorded, or {} (none yet, or a database from before they were kept)."""
+        try:
+            rows = self._query("SELECT value FROM settings WHERE key='daemon'")
+        except StateError:
+            return {}
+        try:
+            value = json.loads(rows[0][0]) if rows else {}
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
 
     # -- reports -----------------------------------------------------------------------------
 

@@ -1,0 +1,138 @@
+"""What `status` and `retry` need to act on the running daemon: its state database, its settings, its user.
+
+The daemon records its effective settings (model, addresses with secrets redacted, originals, config file,
+user) in its state database at start, so `captiond status` from a shell checks the server the daemon uses,
+not whatever that shell's environment would pick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import logging
+import os
+import pwd
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, Endpoint, ModelConfig
+from .errors import UsageError
+from .pipeline import ModelRun
+from .state import DATABASE_NAME
+
+log = logging.getLogger(__name__)
+
+SYSTEMD_STATE_DIR = Path("/var/lib/captiond")  # the unit's StateDirectory=captiond
+
+
+def daemon_settings(config: Config, runs: Mapping[str, ModelRun]) -> dict[str, object]:
+    """Return what the daemon records about itself: no secrets, addresses redacted."""
+    return {
+        "version": __version__, "pid": os.getpid(), "uid": os.geteuid(), "user": _user_name(os.geteuid()),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": str(config.path) if config.path else "",
+        "originals": str(config.daemon.originals or ""), "state_dir": str(config.daemon.state_dir),
+        "write": config.daemon.write, "parallel": config.daemon.parallel, "listen": config.daemon.listen,
+        "models": [_model_settings(kind, run.model) for kind, run in runs.items()],
+    }
+
+
+def _model_settings(kind: str, model: ModelConfig) -> dict[str, object]:
+    service = model.service
+    return {"type": kind, "model": model.model_id, "engine": model.engine,
+            "request_format": service.request_format, "response_format": service.response_format,
+            "endpoints": [{"uri": endpoint.redacted_uri(), "parallel": endpoint.parallel}
+                          for endpoint in service.all_endpoints()],
+            "key": "set" if any(endpoint.key for endpoint in service.all_endpoints()) or service.key else ""}
+
+
+def recorded_model(settings: Mapping[str, Any], config: Config, kind: str = "caption") -> ModelConfig | None:
+    """Return the model the daemon recorded using (its name and addresses), or None when it recorded none.
+
+    Keys are not recorded; the one this shell's configuration gives is sent, if any.
+    """
+    for entry in settings.get("models") or []:
+        if not isinstance(entry, dict) or entry.get("type") != kind:
+            continue
+        local = config.model(kind)
+        key = local.service.key if local is not None else ""
+        endpoints = tuple(Endpoint(str(item.get("uri", "")), item.get("parallel"), key)
+                          for item in entry.get("endpoints") or [] if isinstance(item, dict))
+        if not endpoints:
+            return None
+        base = local if local is not None else ModelConfig(index=0, type=kind)
+        service = dataclasses.replace(base.service, uri=endpoints[0].uri, key=key, endpoints=endpoints,
+                                      request_format=str(entry.get("request_format") or base.service.request_format),
+                                      response_format=str(entry.get("response_format")
+                                                          or base.service.response_format))
+        return dataclasses.replace(base, name=str(entry.get("model") or base.model_id), version="",
+                                   engine=str(entry.get("engine") or base.engine), service=service)
+    return None
+
+
+def find_database(config: Config, explicit: bool) -> Path:
+    """Return the state database to read: Daemon.StateDir's, else the systemd unit's (/var/lib/captiond)."""
+    database = config.daemon.state_dir / DATABASE_NAME
+    if database.exists():
+        return database
+    fallback = SYSTEMD_STATE_DIR / DATABASE_NAME
+    if not explicit and fallback.exists():
+        log.info("no state database at %s: using the systemd unit's, %s", database, fallback)
+        return fallback
+    raise UsageError(f"no state database at {database}: `captiond watch` has not run with this StateDir yet "
+                     "(the systemd unit keeps it in /var/lib/captiond: --state-dir /var/lib/captiond)")
+
+
+def act_as_owner(database: Path) -> None:
+    """As root over another user's state database, become that user; refuse what would break the daemon.
+
+    Root writing the daemon's database would leave root-owned files (its -wal and -shm) that the daemon
+    cannot open. So root becomes the database's owner (dropping every other group); anyone else who cannot
+    write it is told to run the command as its owner.
+    """
+    status = database.stat()
+    owner = _user_name(status.st_uid)
+    if os.geteuid() == 0 and status.st_uid != 0:
+        try:
+            os.setgroups([])
+            os.setgid(status.st_gid)
+            os.setuid(status.st_uid)
+        except OSError as exc:
+            raise UsageError(f"{database} belongs to {owner}, and this root cannot become {owner} ({exc.strerror}): "
+                             f"run the command as that user (sudo -u {owner} {_command_line()})") from exc
+        log.info("running as %s, the owner of %s", owner, database)
+        return
+    if status.st_uid != os.geteuid() and not os.access(database, os.W_OK):
+        raise UsageError(f"cannot write {database}: it belongs to {owner}; run the command as that user "
+                         f"(sudo -u {owner} {_command_line()})")
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid) if uid != os.geteuid() else getpass.getuser()
+
+
+def _command_line() -> str:
+    return " ".join(["captiond", *sys.argv[1:]])
+
+
+def describe_settings(settings: Mapping[str, Any]) -> list[str]:
+    """Return the lines `status` prints about the daemon that recorded these settings."""
+    if not settings:
+        return ["daemon: no settings recorded (it has not started since they are kept)"]
+    lines = [f"daemon: pid {settings.get('pid')} as {settings.get('user')}, started {settings.get('started')}, "
+             f"captiond {settings.get('version')}",
+             f"config: {settings.get('config') or '(none: defaults)'}",
+             f"originals: {settings.get('originals')} ({settings.get('write')})"]
+    for entry in settings.get("models") or []:
+        if isinstance(entry, dict):
+            addresses = ", ".join(str(item.get("uri")) for item in entry.get("endpoints") or []
+                                  if isinstance(item, dict))
+            lines.append(f"{entry.get('type')}: {entry.get('model')} ({entry.get('engine')}) on {addresses}")
+    return lines
+
