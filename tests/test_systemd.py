@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from captiond.sandbox import UNIT_ALLOWED
+
 UNIT = Path(__file__).parent.parent / "systemd" / "captiond.service"
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
@@ -48,3 +50,20 @@ def test_unit_has_the_settings_the_daemon_relies_on() -> None:
                     "RestrictAddressFamilies=", "SystemCallFilter=@system-service"):
         assert setting in text, setting
     assert "captiond watch" in text
+
+
+def unit_values(setting: str) -> list[str]:
+    """Return every space-separated value the unit gives a setting, over all its lines."""
+    return [value for line in UNIT.read_text().splitlines() if line.startswith(f"{setting}=")
+            for value in line.partition("=")[2].split()]
+
+
+def test_read_write_paths_that_may_not_exist_do_not_stop_the_unit() -> None:
+    """A drop-in adds the real library; the sample path must not make the start fail with 226/NAMESPACE."""
+    paths = unit_values("ReadWritePaths")
+    assert paths and all(path.startswith("-") for path in paths)
+
+
+def test_the_daemon_knows_the_units_allowed_addresses() -> None:
+    assert tuple(unit_values("IPAddressAllow")) == UNIT_ALLOWED
+    assert unit_values("IPAddressDeny") == ["any"]

@@ -148,12 +148,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class JournalFormatter(logging.Formatter):
+    """Lines for journald: no timestamp of our own (the journal has one), the level as a `<N>` priority prefix."""
+
+    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = self.PRIORITIES.get(record.levelno, 6)
+        return f"<{priority}>{record.levelname} {super().format(record)}"
+
+
+def logs_to_journal(stream: object, environ: dict[str, str] | None = None) -> bool:
+    """Return whether `stream` is systemd's journal stream ($JOURNAL_STREAM names its device and inode)."""
+    expected = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    try:
+        status = os.fstat(stream.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+    return bool(expected) and expected == f"{status.st_dev}:{status.st_ino}"
+
+
 def setup_logging(verbose: bool, quiet: bool, log_format: str = "text") -> None:
-    """Log readable lines (or JSON lines) to stderr."""
+    """Log readable lines (or JSON lines) to stderr; under journald without a second timestamp."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+    text = (JournalFormatter("%(message)s") if logs_to_journal(sys.stderr) else
+            logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else text)
     logging.basicConfig(level=level, handlers=[handler])
     for noisy in ("httpx", "httpcore", "exiftool", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

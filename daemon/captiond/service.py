@@ -21,11 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import Config
-from .errors import CaptiondError, ModelSetupError
+from .errors import CaptiondError, ModelSetupError, ServerUnreachable
 from .health import HealthServer, Metrics, SystemdNotifier
 from .library import printable, scan_entries
 from .model import ModelClient
 from .pipeline import CAPTIONED, FAILED, Captioner, Outcome, describe_outcome
+from .sandbox import blocked_address_hint
 from .state import DONE, QUARANTINED, FileState, Stat, StateStore
 from .state import FAILED as STATE_FAILED
 from .watcher import OverflowListener, inotify_watch_limit, start_observer
@@ -353,6 +354,11 @@ class WatchService:
         """Pause the consumer until the model server answers again (probed with growing delays)."""
         if not self._model_error:
             log.error("%s; pausing until it answers again", error)
+            if isinstance(error, ServerUnreachable):
+                hint = blocked_address_hint((endpoint.uri for client in self.clients
+                                             for endpoint in client.model.service.all_endpoints()), os.environ)
+                if hint:
+                    log.warning("%s", hint)
         self._model_error = str(error)
         self.metrics.model_up.set(0)
 
