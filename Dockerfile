@@ -7,9 +7,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/captiond
-COPY pyproject.toml README.md vision.yml.example ./
+# The dependencies first, in a layer of their own: it is rebuilt only when pyproject.toml changes.
+COPY pyproject.toml ./
+RUN pip install --no-cache-dir $(python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))")
+COPY README.md vision.yml.example ./
 COPY daemon ./daemon
-RUN pip install --no-cache-dir . && mkdir -p /config /state
+# /state is world-writable (sticky) so that `docker run --user UID:GID` can use a fresh state volume;
+# started as root, the entrypoint hands it to PUID:PGID instead.
+RUN pip install --no-cache-dir --no-deps . && mkdir -p /config /state && chmod 1777 /state
 COPY docker/entrypoint.sh /usr/local/bin/captiond-entrypoint
 
 # PUID/PGID: the owner of the photo library, so sidecars are written as that user.
@@ -17,6 +22,7 @@ ENV PUID=1000 \
     PGID=1000 \
     CAPTIOND_CONFIG=/config/vision.yml \
     STATE_DIRECTORY=/state \
+    CAPTIOND_ORIGINALS=/photoprism/originals \
     OLLAMA_BASE_URL=http://ollama:11434 \
     PYTHONUNBUFFERED=1
 
