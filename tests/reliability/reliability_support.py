@@ -439,12 +439,16 @@ def state_counts(config_dir: Path) -> dict[str, int]:
 
 
 def state_rows(config_dir: Path) -> dict[str, dict[str, Any]]:
-    """Return {path: row} of the state database (read-only)."""
+    """Return {path: row} of the state database (read-only); {} while the daemon is still creating it."""
     database = config_dir / "state" / "captiond.db"
     connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
     connection.row_factory = sqlite3.Row
     try:
         return {os.fsdecode(bytes(row["path"])): dict(row) for row in connection.execute("SELECT * FROM files")}
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):
+            return {}  # the file exists, its schema not yet
+        raise
     finally:
         connection.close()
 
