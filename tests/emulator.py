@@ -595,12 +595,13 @@ class OllamaEmulator:
 
     def __init__(self, *, models: dict[str, list[str]] | None = None, latency: float = 0.0,
                  reply: Callable[[dict[str, Any]], str] | None = None, parallel: int | None = None,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, host: str = "127.0.0.1") -> None:
         self.models: dict[str, list[str]] = dict(DEFAULT_MODELS if models is None else models)
         self.latency = latency
         self.reply: Callable[[dict[str, Any]], str] = reply or default_reply
         self.parallel = parallel
         self.api_key = api_key
+        self.host = host  # the deploy scripts serve other containers: 0.0.0.0
         self.default_behaviour: Behaviour | None = None
         self.active = self.max_active = 0
         self.processing = self.max_processing = 0
@@ -617,7 +618,7 @@ class OllamaEmulator:
     def start(self) -> OllamaEmulator:
         if self._server is None:
             self._stopped.clear()
-            self._server = _Server(("127.0.0.1", self._port), self)
+            self._server = _Server((self.host, self._port), self)
             self._port = self._server.server_address[1]
             self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                             name=f"ollama-emulator-{self._port}", daemon=True)

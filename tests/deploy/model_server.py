@@ -1,7 +1,8 @@
 """The Ollama emulator (tests/emulator.py) as a standalone model server for the deploy scripts.
 
-Usage: python3 model_server.py [LATENCY_SECONDS]. Listens on a free port of 127.0.0.1, prints the port on the
-first line, and logs one line per generation request; serves until SIGTERM or SIGINT.
+Usage: python3 model_server.py [LATENCY_SECONDS [HOST [PORT]]]. Listens on HOST (default 127.0.0.1) and PORT
+(default: a free one), prints the port on the first line, and logs one line per generation request; serves
+until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from emulator import OllamaEmulator  # noqa: E402 - the tests folder is not a pa
 def main() -> None:
     """Serve until told to stop."""
     latency = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
+    host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(0))
-    with OllamaEmulator(latency=latency) as server:
+    emulator = OllamaEmulator(latency=latency, host=host)
+    emulator._port = int(sys.argv[3]) if len(sys.argv) > 3 else 0  # a fixed port only for a stand-in container
+    with emulator as server:
         print(server.port, flush=True)
         seen = 0
         try:

@@ -13,31 +13,16 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
-CACHE=${CAPTIOND_DEPLOY_CACHE:-/var/tmp/captiond-deploy}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,libimage-exiftool-perl,ca-certificates,iproute2
+# shellcheck source=tests/deploy/lib.sh
+. "$REPO/tests/deploy/lib.sh"
 WORK=$(mktemp -d /var/tmp/captiond-systemd.XXXXXX)
 ROOT=$WORK/root
 UNIT=captiond
 LIBRARY=/srv/photos/library          # not the unit's sample path: the drop-in adds it
 PHOTOS=12
-passed=0
-failed=0
 NSPAWN_PID=""
 SERVER_PID=""
 
-say() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*"; }
-check() {  # check DESCRIPTION COMMAND...: one line, counted
-    if "${@:2}"; then passed=$((passed + 1)); say "ok    $1"; else failed=$((failed + 1)); say "FAIL  $1"; fi
-}
-wait_until() {  # wait_until SECONDS COMMAND...: true as soon as COMMAND succeeds, false after SECONDS
-    local deadline=$((SECONDS + $1))
-    shift
-    until "$@" >/dev/null 2>&1; do
-        if [ "$SECONDS" -ge "$deadline" ]; then return 1; fi
-        sleep 0.5
-    done
-}
 inside() {  # run a command inside the booted container
     nsenter --target "$LEADER" --all --root --wd -- /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
         LANG=C.UTF-8 "$@"
@@ -67,22 +52,12 @@ trap cleanup EXIT
 command -v debootstrap >/dev/null && command -v systemd-nspawn >/dev/null \
     || { echo "needs debootstrap and systemd-container: apt-get install -y debootstrap systemd-container" >&2; exit 2; }
 
-# -- a Debian 12 root (the finished root is cached as a tar: later runs only unpack it) --------------------------
-mkdir -p "$CACHE" "$ROOT"
-if [ ! -f "$CACHE/bookworm-root.tar" ]; then
-    say "debootstrap bookworm (first run only)"
-    if [ ! -f "$CACHE/bookworm-tarball.tgz" ]; then
-        debootstrap --variant=minbase --include="$PACKAGES" --make-tarball="$CACHE/bookworm-tarball.tgz" \
-            bookworm "$WORK/make-tarball" "$MIRROR" >"$WORK/debootstrap.log" 2>&1
-    fi
-    debootstrap --variant=minbase --include="$PACKAGES" --unpack-tarball="$CACHE/bookworm-tarball.tgz" \
-        bookworm "$ROOT" "$MIRROR" >>"$WORK/debootstrap.log" 2>&1
-    tar -C "$ROOT" -cf "$CACHE/bookworm-root.tar.part" . && mv "$CACHE/bookworm-root.tar.part" "$CACHE/bookworm-root.tar"
-else
-    tar -C "$ROOT" -xf "$CACHE/bookworm-root.tar"
-fi
+# -- a Debian 12 root (the finished root is cached: later runs only unpack it) -----------------------------------
+debian_root "$ROOT"
 echo captiond-test >"$ROOT/etc/hostname"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# A machine behind a TLS-inspecting proxy needs its local CAs inside too (pip reads PIP_CERT below).
+cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/" 2>/dev/null || true
 
 # -- the project, from a fresh clone of what is committed --------------------------------------------------------
 git clone -q --no-hardlinks "$REPO" "$ROOT/root/captiond"
@@ -111,7 +86,9 @@ inside systemctl --version | head -1 | sed 's/^/container: /'
 # -- install as README.md says -----------------------------------------------------------------------------------
 say "installing (python3 -m venv /opt/captiond/.venv && pip install .)"
 install_started=$SECONDS
-inside sh -c 'cd /root/captiond && python3 -m venv /opt/captiond/.venv && /opt/captiond/.venv/bin/pip install -q .' \
+inside update-ca-certificates >/dev/null 2>&1 || true
+inside env PIP_CERT=/etc/ssl/certs/ca-certificates.crt sh -c \
+    'cd /root/captiond && python3 -m venv /opt/captiond/.venv && /opt/captiond/.venv/bin/pip install -q .' \
     >"$WORK/pip.log" 2>&1
 say "installed in $((SECONDS - install_started)) s"
 inside useradd --system --create-home --home-dir /home/photos --shell /usr/sbin/nologin photos
