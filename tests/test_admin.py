@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from captiond.errors import StateError
 from captiond.state import DONE, FAILED, PENDING, QUARANTINED, Stat, StateStore
 from conftest import MODEL, add_fixture, run_captiond, write_config
 from emulator import OllamaEmulator, Status
@@ -48,6 +49,10 @@ def rows(state_dir: Path) -> dict[str, tuple[str, int, str]]:
         return {path.name: (row.state, row.attempts, row.last_error)
                 for path in (Path(os.fsdecode(key)) for key in state.known_stats())
                 if (row := state.lookup(path)) is not None}
+    except StateError as error:
+        if "no such table" in str(error):
+            return {}  # the daemon has created the file, not yet its schema
+        raise
     finally:
         state.close()
 
