@@ -17,8 +17,8 @@ from conftest import (
 from emulator import BUSY, Drop, OllamaEmulator, Reply, decode_images, expected_caption
 
 MIXED = ["Canon_PowerShot_S40.jpg", "Konica_Minolta_DiMAGE_Z3.jpg", "Nikon_COOLPIX_P1.jpg", "IMG_5195.HEIC",
-         "Arbitro.tiff", "DNG_with_preview.dng", "PNG.png", "GIF.gif", "RIFF.webp"]
-HUMAN = ["no_exif.jpg", "33-type_error.jpg", "IPTC.jpg", "Nikon.nef"]
+         "Arbitro.tiff", "DNG_with_preview.dng", "PNG_plain.png", "GIF.gif", "RIFF.webp"]
+HUMAN = ["no_exif.jpg", "33-type_error.jpg", "IPTC.jpg", "Nikon.nef", "PNG.png"]
 
 
 def caption_of(path: Path) -> str:

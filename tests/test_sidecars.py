@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from captiond.metadata import other_sidecars, owns_base_sidecar, sidecar_path
+from captiond.metadata import Exiftool, current_caption, other_sidecars, owns_base_sidecar, sidecar_path
+from captiond.sources import current_source
 from conftest import Result, add_fixture, read_tags, run_captiond, write_config
 from emulator import OllamaEmulator
 from test_labels import labels_reply
+
+
+@pytest.fixture
+def exiftool() -> Iterator[Exiftool]:
+    with Exiftool() as process:
+        yield process
 
 
 def run(config: Path, originals: Path, *arguments: str) -> Result:
@@ -161,3 +169,27 @@ def test_a_labels_only_sidecar_carries_the_photos_caption(tmp_path: Path, origin
     # Still the person's embedded caption: a caption run skips it, and forcing at `meta`'s priority works.
     again = run(config, originals, "-m", "caption")
     assert "has a caption from meta" in again.stdout
+
+
+@pytest.mark.parametrize(("tag", "comment", "counts"), [
+    ("File:Comment", "Lovely smoke effect here, taken from the bridge.", True),
+    ("ExifIFD:UserComment", "Lovely smoke effect here, taken from the bridge.", True),
+    ("File:Comment", "comment in GIMP 2.4.5", False),
+    ("File:Comment", "Created with GIMP", False),
+    ("File:Comment", "CREATOR: gd-jpeg v1.0 (using IJG JPEG v62), quality = 90", False),
+    ("ExifIFD:UserComment", "a5cb01550dbb9a6bf732f87e413f6e231cc4581e6a5be800fb0871dce0760cd5", False),
+    ("ExifIFD:UserComment", "   ", False),
+    ("ExifIFD:UserComment", "OLYMPUS DIGITAL CAMERA", False),
+])
+def test_a_persons_jpeg_comment_counts_as_a_caption(exiftool: Exiftool, originals: Path, tag: str, comment: str,
+                                                    counts: bool) -> None:
+    photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    exiftool_write(f"-{tag}={comment}", str(photo))
+    current = current_caption(exiftool.read(photo))
+    assert (current.text == comment and current_source(current) == "meta") if counts else not current.text.strip()
+
+
+def test_a_png_comment_counts_and_a_gif_metadata_dump_does_not(exiftool: Exiftool, originals: Path) -> None:
+    assert current_caption(exiftool.read(add_fixture(originals, "PNG.png"))).text == "test comment"
+    assert current_caption(exiftool.read(add_fixture(originals, "GIF.gif"))).text == ""
+    assert current_caption(exiftool.read(add_fixture(originals, "PNG_plain.png"))).text == ""

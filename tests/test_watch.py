@@ -24,7 +24,7 @@ from emulator import OllamaEmulator
 
 SETTLE = 0.5
 PHOTOS = ["Canon_PowerShot_S40.jpg", "Konica_Minolta_DiMAGE_Z3.jpg", "Nikon_COOLPIX_P1.jpg", "Arbitro.tiff",
-          "PNG.png", "RIFF.webp", "GIF.gif", "DNG_with_preview.dng"]
+          "PNG_plain.png", "RIFF.webp", "GIF.gif", "DNG_with_preview.dng"]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
@@ -129,11 +129,12 @@ def test_watch_captions_photos_as_real_tools_deliver_them(tmp_path: Path, origin
     # A whole folder moved in.
     album = tmp_path / "album"
     album.mkdir()
-    for name in ("PNG.png", "RIFF.webp"):
+    for name in ("PNG_plain.png", "RIFF.webp"):
         shutil.copyfile(FIXTURES / name, album / name)
     os.rename(album, originals / "album")
 
-    arrived = [slow, originals / "rsynced.tiff", originals / "album" / "PNG.png", originals / "album" / "RIFF.webp"]
+    arrived = [slow, originals / "rsynced.tiff", originals / "album" / "PNG_plain.png",
+               originals / "album" / "RIFF.webp"]
     assert wait_for(lambda: all(sidecar_caption(photo) for photo in arrived), timeout=SETTLE + 10), daemon.log()
     assert "truncated" not in daemon.log()
     assert len(emulator.generation_requests()) == 5

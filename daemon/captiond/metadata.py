@@ -90,7 +90,8 @@ READ_TAGS = (
     "-XMP-dc:Description", "-IFD0:ImageDescription", "-IPTC:all", "-Photoshop:IPTCDigest",
     "-XMP-tiff:ImageDescription", "-XMP-captiond:all", "-IFD0:Orientation", "-File:FileType",
     "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", "-ExifIFD:DateTimeOriginal", "-XMP-exif:DateTimeOriginal",
-    "-XMP-photoshop:DateCreated", "-IFD0:Make", "-IFD0:Model", "-XMP-digiKam:TagsList",
+    "-XMP-photoshop:DateCreated", "-IFD0:Make", "-IFD0:Model", "-XMP-digiKam:TagsList", "-File:Comment",
+    "-PNG:Comment", "-ExifIFD:UserComment",
     *(f"-{tag}" for tag in PREVIEW_TAGS),
 )
 LIST_TAGS = frozenset({"XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "IPTC:Keywords", "XMP-captiond:AddedKeywords",
@@ -320,7 +321,33 @@ def current_caption(metadata: FileMetadata) -> CurrentCaption:
     embedded = embedded_caption(metadata)
     if not is_boilerplate(embedded.text):
         return embedded
+    comment = embedded_comment(metadata)
+    if comment:
+        return CurrentCaption(comment, "embedded")
     return CurrentCaption(sidecar.text or embedded.text, "embedded")
+
+
+# Comments that software, not a person, put into files.
+_SOFTWARE_COMMENT = re.compile(
+    r"^(?:(?:created|edited|made|saved|written|processed|optimi[sz]ed|generated|comment)\b.*\b(?:with|by|in|using)\b"
+    r"|CREATOR: |LEAD Technologies|Intel\(R\) JPEG|AppleMark|JPEG Encoder|Compressed by|File written by"
+    r"|Copyright|\(c\)|©|[0-9a-fA-F]{16,}$|[A-Z]+: .*\n)", re.IGNORECASE)
+
+
+def embedded_comment(metadata: FileMetadata) -> str:
+    """Return a person's comment in the photo (JPEG COM, PNG Comment, EXIF UserComment), or "".
+
+    digiKam shows such a comment as the caption when there is no other: it is a caption of the person's.
+    Comments that cameras and software write (boilerplate, "Created with GIMP", hashes) do not count.
+    """
+    tags = ["PNG:Comment", "ExifIFD:UserComment"]
+    if metadata.original.get("File:FileType") == "JPEG":
+        tags.insert(0, "File:Comment")  # other formats' File:Comment is often a whole metadata dump (GIF)
+    for tag in tags:
+        text = metadata.original.get(tag, "").strip().strip("\x00").strip()
+        if not is_boilerplate(text) and not _SOFTWARE_COMMENT.match(text):
+            return text
+    return ""
 
 
 def embedded_caption(metadata: FileMetadata) -> CurrentCaption:
@@ -580,7 +607,8 @@ class Exiftool:
             files += other_arguments
             # -fast2: no maker notes and no trailer scan, a third of exiftool's time on a camera JPEG;
             # RAW files need -fast only, some keep their preview inside the maker notes.
-            speed = "-fast" if path.suffix.lower() in RAW_EXTENSIONS else "-fast2"
+            # -fast2 stops a PNG at its image data, before a Comment chunk stored after it.
+            speed = "-fast" if path.suffix.lower() in {*RAW_EXTENSIONS, ".png"} else "-fast2"
             _, output, stderr = self.run("-j", speed, *READ_TAGS, *files)
         try:
             records = json.loads(output or "[]")
