@@ -203,7 +203,7 @@ def build_library(root: Path, part: str = "main") -> Library:
 
     # Broken files.
     konica = (FIXTURES / "Konica_Minolta_DiMAGE_Z3.jpg").read_bytes()
-    png = (FIXTURES / "PNG.png").read_bytes()
+    png = (FIXTURES / "PNG_plain.png").read_bytes()  # PNG.png has a comment: a person's caption
     broken("h10", "truncated JPEG", "broken/truncated-h10.jpg", konica[: len(konica) * 2 // 5],
            r"truncated|corrupt")
     broken("h11", "truncated PNG", "broken/truncated-h11.png", png[: len(png) // 2], r"truncated|corrupt|exiftool")
