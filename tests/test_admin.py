@@ -149,3 +149,17 @@ def test_retry_as_root_acts_as_the_owner_of_the_database(tmp_path: Path, emulato
             [path.name for path in (home / "state").iterdir()], 1500)
     finally:
         shutil.rmtree(home)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: checks what root is told about another user's library")
+def test_run_as_root_over_another_users_library_says_how_to_run_as_its_owner(tmp_path: Path, originals: Path,
+                                                                             emulator: OllamaEmulator) -> None:
+    """`docker compose exec captiond captiond run` runs as root: its new sidecars would lock the daemon out."""
+    add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    os.chown(originals, 1500, 1500)
+    result = run_captiond("run", "--config", write_config(tmp_path, emulator.url), "--originals", originals)
+    assert result.exit_code == 0, result.stderr
+    assert "running as root over" in result.stderr and "--user 1500" in result.stderr
+    os.chown(originals, 0, 0)
+    quiet = run_captiond("run", "--config", tmp_path / "vision.yml", "--originals", originals)
+    assert "running as root over" not in quiet.stderr

@@ -136,3 +136,17 @@ def describe_settings(settings: Mapping[str, Any]) -> list[str]:
             lines.append(f"{entry.get('type')}: {entry.get('model')} ({entry.get('engine')}) on {addresses}")
     return lines
 
+
+
+def root_over_library(originals: Path) -> str:
+    """Return a warning when root works on a library another user owns (its new sidecars would be root's), or ""."""
+    try:
+        owner = originals.stat().st_uid
+    except OSError:
+        return ""
+    if os.geteuid() != 0 or owner == 0:
+        return ""
+    name = _user_name(owner)
+    return (f"running as root over {originals}, which belongs to {name}: new sidecars will belong to root, and a "
+            f"daemon running as {name} cannot update them. Run as {name} instead (sudo -u {name} ..., or "
+            f"docker compose exec --user {owner} captiond captiond run ...)")

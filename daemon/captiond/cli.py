@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .admin import act_as_owner, daemon_settings, describe_settings, find_database, recorded_model
+from .admin import (
+    act_as_owner,
+    daemon_settings,
+    describe_settings,
+    find_database,
+    recorded_model,
+    root_over_library,
+)
 from .config import Config, ModelConfig, find_config_file, load_config
 from .endpoints import EndpointPool
 from .errors import CaptiondError, ConfigError, ModelSetupError, UsageError
@@ -200,6 +207,8 @@ def command_run(arguments: argparse.Namespace) -> int:
         originals=Path(arguments.originals) if arguments.originals else None,
         write=arguments.write, parallel=arguments.parallel)
     originals = _originals(config, arguments.originals)
+    if not arguments.dry_run and (warning := root_over_library(originals)):
+        log.warning("%s", warning)
     runs = model_runs(config, arguments.models, connect=not arguments.dry_run)
     options = RunOptions(arguments.source, arguments.force, arguments.dry_run, arguments.count)
     terms = parse_filter(arguments.filters, originals)
