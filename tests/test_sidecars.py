@@ -193,3 +193,47 @@ def test_a_png_comment_counts_and_a_gif_metadata_dump_does_not(exiftool: Exiftoo
     assert current_caption(exiftool.read(add_fixture(originals, "PNG.png"))).text == "test comment"
     assert current_caption(exiftool.read(add_fixture(originals, "GIF.gif"))).text == ""
     assert current_caption(exiftool.read(add_fixture(originals, "PNG_plain.png"))).text == ""
+
+
+@pytest.mark.parametrize(("mode", "edited", "stale"), [
+    ("sidecar", "XMP-dc:Description", "XMP-tiff:ImageDescription"),  # darktable, exiftool
+    ("sidecar", "XMP-tiff:ImageDescription", "XMP-dc:Description"),
+    ("embedded", "XMP-dc:Description", "IFD0:ImageDescription"),
+    ("embedded", "IFD0:ImageDescription", "XMP-dc:Description"),
+])
+def test_a_person_editing_one_copy_of_our_caption_wins_in_every_copy(
+        tmp_path: Path, originals: Path, emulator: OllamaEmulator, mode: str, edited: str, stale: str) -> None:
+    photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    config = write_config(tmp_path, emulator.url, daemon={"Write": mode})
+    assert run(config, originals).exit_code == 0
+    target = photo if mode == "embedded" else Path(f"{photo}.xmp")
+    exiftool_write(f"-{edited}=Grandma's birthday", str(target))
+
+    result = run(config, originals)
+
+    assert "has a caption from" in result.stdout and "now hold their text" in result.stdout, result.stdout
+    tags = read_tags(target, edited, stale)
+    assert tags == {edited: "Grandma's birthday", stale: "Grandma's birthday"}
+    again = run(config, originals)
+    assert "now hold their text" not in again.stdout
+    assert emulator.generation_requests()[1:] == []
+
+
+def test_embedded_mode_also_updates_an_existing_sidecar(tmp_path: Path, originals: Path,
+                                                        emulator: OllamaEmulator) -> None:
+    photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    sidecar = Path(f"{photo}.xmp")
+    exiftool_write("-XMP-lr:HierarchicalSubject=People|Grandma", "-XMP-dc:Subject=Grandma", "-o", str(sidecar),
+                   str(photo))
+    emulator.reply = labels_reply()
+    config = write_config(tmp_path, emulator.url, daemon={"Write": "embedded"})
+
+    result = run(config, originals, "-m", "caption,labels")
+
+    assert result.exit_code == 0, result.stderr
+    for target in (photo, sidecar):  # Immich, PhotoPrism and digiKam prefer the sidecar's values
+        assert read_tags(target, "XMP-dc:Description")["XMP-dc:Description"] == "A fair at night."
+        assert tag_list(target, "XMP-dc:Subject")[-2:] == ["Ferris", "Sky"]
+    assert tag_list(sidecar, "XMP-lr:HierarchicalSubject") == ["People|Grandma", "Ferris", "Sky"]
+    assert tag_list(sidecar, "XMP-dc:Subject") == ["Grandma", "Ferris", "Sky"]
+    assert "captioned 0, labelled 0, skipped 1" in run(config, originals, "-m", "caption,labels").stdout

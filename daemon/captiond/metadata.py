@@ -301,6 +301,7 @@ def writes_embedded(path: Path, mode: str) -> bool:
 
 
 EMBEDDED_CAPTION_TAGS = ("XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract")
+SIDECAR_CAPTION_TAGS = ("XMP-dc:Description", "XMP-tiff:ImageDescription")
 CAPTION_RECORD_TAGS = ("XMP-captiond:CaptionSource", "XMP-captiond:CaptionModel", "XMP-captiond:CaptionHash",
                        "XMP-captiond:CaptionTime")
 
@@ -352,6 +353,9 @@ def embedded_comment(metadata: FileMetadata) -> str:
 
 def embedded_caption(metadata: FileMetadata) -> CurrentCaption:
     """Return the caption embedded in the photo (MWG order), or its boilerplate, or nothing."""
+    edit = _edited_copy(metadata.original, EMBEDDED_CAPTION_TAGS)
+    if edit is not None:  # a person edited one copy of our caption: theirs
+        return CurrentCaption(edit[0], "embedded")
     for tag in EMBEDDED_CAPTION_TAGS:
         text = metadata.original.get(tag, "")
         if not is_boilerplate(text):
@@ -362,9 +366,47 @@ def embedded_caption(metadata: FileMetadata) -> CurrentCaption:
 
 
 def _sidecar_caption(tags: Mapping[str, str]) -> CurrentCaption:
+    edit = _edited_copy(tags, SIDECAR_CAPTION_TAGS)
+    if edit is not None:  # a person edited one copy of our caption: theirs
+        return CurrentCaption(edit[0], "sidecar")
     text = tags.get("XMP-dc:Description", "") or tags.get("XMP-tiff:ImageDescription", "")
     return CurrentCaption(text, "sidecar", tags.get("XMP-captiond:CaptionSource", ""),
                           tags.get("XMP-captiond:CaptionHash", ""))
+
+
+def plan_repaired_copies(metadata: FileMetadata, embedded: bool) -> dict[str, str | tuple[str, ...]]:
+    """Return the tag changes that replace stale copies of our caption after a person edited one copy.
+
+    We write one caption into several tags (Immich shows `ImageDescription` first, PhotoPrism and digiKam
+    `dc:description`). When a person edits one of them (darktable, exiftool, digiKam), the others still
+    hold our text and readers disagree: the person's text wins and replaces every copy still holding ours.
+    """
+    tags = metadata.original if embedded else metadata.sidecar_tags
+    names = EMBEDDED_CAPTION_TAGS if embedded else SIDECAR_CAPTION_TAGS
+    edit = _edited_copy(tags, names)
+    if edit is None:
+        return {}
+    text, stale = edit
+    changes: dict[str, str | tuple[str, ...]] = {
+        name: truncate_bytes(text, IPTC_CAPTION_BYTES) if name.startswith("IPTC:") else text for name in stale}
+    if "IPTC:Caption-Abstract" in changes:
+        if not text.isascii():
+            changes["IPTC:CodedCharacterSet"] = "UTF8"
+        if "Photoshop:IPTCDigest" in metadata.original:
+            changes["Photoshop:IPTCDigest"] = "new"
+    return changes
+
+
+def _edited_copy(tags: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, list[str]] | None:
+    """Return (a person's text, the tags still holding our caption) when a person edited one copy of ours."""
+    recorded = tags.get("XMP-captiond:CaptionHash", "")
+    values = {name: tags[name] for name in names if tags.get(name, "").strip()}
+    ours = next((value for value in values.values() if caption_hash(value) == recorded), None)
+    if not recorded or ours is None:
+        return None
+    stale = [name for name, value in values.items() if value in (ours, truncate_bytes(ours, IPTC_CAPTION_BYTES))]
+    persons = {value for name, value in values.items() if name not in stale and not is_boilerplate(value)}
+    return (inert(persons.pop()), stale) if len(persons) == 1 else None
 
 
 def plan_carried_caption(metadata: FileMetadata) -> dict[str, str | tuple[str, ...]]:

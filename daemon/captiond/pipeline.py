@@ -37,6 +37,7 @@ from .metadata import (
     plan_caption,
     plan_carried_caption,
     plan_keywords,
+    plan_repaired_copies,
     writes_embedded,
 )
 from .model import ModelClient
@@ -104,7 +105,9 @@ class Captioner:
             decisions = self.decide(metadata, embedded, photo_changed)
             todo = [kind for kind, decision in decisions.items() if decision.caption]
             if not todo:
-                return Outcome(path, SKIPPED, "; ".join(decision.reason for decision in decisions.values()))
+                repaired = self.repair(metadata, embedded)
+                reasons = [decision.reason for decision in decisions.values()] + ([repaired] if repaired else [])
+                return Outcome(path, SKIPPED, "; ".join(reasons))
             reason = "; ".join(decisions[kind].reason for kind in todo)
             if not self._claim():
                 return Outcome(path, SKIPPED, "--count reached")
@@ -209,9 +212,21 @@ class Captioner:
         return prompt
 
     def write(self, metadata: FileMetadata, embedded: bool, caption: str, keywords: list[str] | None) -> bool:
-        """Write caption and keywords with their provenance in one exiftool call; return whether into the file."""
+        """Write caption and keywords with their provenance in one exiftool call; return whether into the file.
+
+        In embedded mode an existing sidecar of the photo gets them too: Immich, PhotoPrism and digiKam
+        prefer the sidecar's values, and would otherwise go on showing the sidecar's.
+        """
+        plan = self.plan(metadata, embedded, caption, keywords)
+        self.exiftool.apply(plan, metadata.path if embedded else metadata.sidecar)
+        if embedded and metadata.sidecar_exists:
+            self.exiftool.apply(self.plan(metadata, False, caption, keywords), metadata.sidecar)
+        return embedded and not plan.empty
+
+    def plan(self, metadata: FileMetadata, embedded: bool, caption: str, keywords: list[str] | None) -> WritePlan:
+        """Return the tag changes for the photo (embedded) or its sidecar."""
         target = metadata.path if embedded else metadata.sidecar
-        plan = WritePlan(target, embedded, {})
+        plan = WritePlan(target, embedded, {} if caption else plan_repaired_copies(metadata, embedded))
         if caption:
             provenance = Provenance(self.source("caption"), self.runs["caption"].model.model_id)
             plan = plan_caption(metadata, caption, provenance, embedded)
@@ -220,8 +235,20 @@ class Captioner:
             plan = merge_plans(plan, plan_keywords(metadata, keywords, provenance, embedded))
             if not caption and not embedded and not plan.empty:
                 plan = merge_plans(plan, plan_carried_caption(metadata))
-        self.exiftool.apply(plan, metadata.path if embedded else metadata.sidecar)
-        return embedded and not plan.empty
+        return plan
+
+    def repair(self, metadata: FileMetadata, embedded: bool) -> str:
+        """Replace stale copies of our caption that a person edited elsewhere; return what was done ("" if nothing)."""
+        done = []
+        targets = [(embedded, metadata.path if embedded else metadata.sidecar)]
+        if embedded and metadata.sidecar_exists:
+            targets.append((False, metadata.sidecar))
+        for in_file, target in targets:
+            changes = plan_repaired_copies(metadata, in_file)
+            if changes and not self.options.dry_run:
+                self.exiftool.apply(WritePlan(target, in_file, changes), target)
+                done.append(target.name)
+        return f"a person edited our caption: its other copies now hold their text ({', '.join(done)})" if done else ""
 
     @property
     def count_reached(self) -> bool:
