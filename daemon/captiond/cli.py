@@ -1,6 +1,8 @@
 """The `captiond` command line: run, ls, sources. Maps every CaptiondError to one line and an exit code.
 
-Exit codes: 0 all done, 1 some files failed, 2 bad config or usage, 3 model server unreachable.
+Exit codes: 0 all done, 1 some files failed, 2 bad config or usage, 3 model server unreachable,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM). stdout holds only what a command reports (the
+run's summary, tables); the log and the progress bar go to stderr.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from .pipeline import (
     run_pipeline,
 )
 from .progress import Progress
+from .redaction import RedactingFilter, redact
 from .service import WatchService
 from .sources import PRIORITIES, WRITABLE_SOURCES
 from .state import StateStore
@@ -51,6 +54,11 @@ from .state import StateStore
 log = logging.getLogger("captiond")
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during `run`: handled like Ctrl-C (nothing new starts, requests abandoned, summary printed)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,15 +68,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(arguments.verbose, arguments.quiet, getattr(arguments, "log_format", "text"))
     try:
         return int(arguments.handler(arguments))
-    except ConfigError as error:
-        print(f"captiond: {error}", file=sys.stderr)
-        return error.exit_code
     except CaptiondError as error:
-        print(f"captiond: {error}", file=sys.stderr)
+        print(f"captiond: {redact(str(error))}", file=sys.stderr)
         return error.exit_code
+    except Terminated:
+        print("captiond: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("captiond: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # `captiond ls | head`: the reader left; not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -83,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", "-c", metavar="FILE", help="vision.yml to read (default: $CAPTIOND_CONFIG, "
                         "./vision.yml, $XDG_CONFIG_HOME/captiond/vision.yml, /etc/captiond/vision.yml)")
-    common.add_argument("--verbose", "-v", action="store_true", help="log every file and every retry")
+    common.add_argument("--verbose", "-v", action="count", default=0,
+                        help="log every file and every retry (with the bar too); -vv: also other libraries' "
+                        "debug lines")
     common.add_argument("--quiet", "-q", action="store_true", help="print only warnings, errors and the summary")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -150,7 +160,9 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
                  "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
@@ -175,16 +187,22 @@ def logs_to_journal(stream: object, environ: dict[str, str] | None = None) -> bo
     return bool(expected) and expected == f"{status.st_dev}:{status.st_ino}"
 
 
-def setup_logging(verbose: bool, quiet: bool, log_format: str = "text") -> None:
-    """Log readable lines (or JSON lines) to stderr; under journald without a second timestamp."""
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+def setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
+    """Log readable lines (or JSON lines) to stderr, with every secret redacted; under journald without a second
+    timestamp.
+
+    captiond's own lines: INFO (-q: WARNING, -v: DEBUG). Other libraries' (httpx, Pillow, watchdog):
+    WARNING, INFO under -v, DEBUG only under -vv.
+    """
+    own = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    others = logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     text = (JournalFormatter("%(message)s") if logs_to_journal(sys.stderr) else
             logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
     handler.setFormatter(JsonFormatter() if log_format == "json" else text)
-    logging.basicConfig(level=level, handlers=[handler])
-    for noisy in ("httpx", "httpcore", "exiftool", "watchdog"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler.addFilter(RedactingFilter())
+    logging.basicConfig(level=others, handlers=[handler], force=True)
+    log.setLevel(own)
 
 
 def load(arguments: argparse.Namespace) -> Config:
@@ -213,6 +231,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     options = RunOptions(arguments.source, arguments.force, arguments.dry_run, arguments.count)
     terms = parse_filter(arguments.filters, originals)
     clients = _clients(runs)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         for kind, run in runs.items():
             if run.client is not None:
@@ -227,9 +246,12 @@ def command_run(arguments: argparse.Namespace) -> int:
             if terms and not paths:
                 log.warning("no photos under %s match %s", originals, " ".join(arguments.filters))
             summary = Summary(originals, labels="labels" in runs, total=len(paths) + len(unlisted))
-            for outcome in unlisted:
-                summary.add(outcome)
             with Progress(len(paths), enabled=sys.stderr.isatty() and not arguments.quiet) as progress:
+                # With the bar on the terminal, a line per file only under -v; without it, the lines are the progress.
+                summary.file_level = logging.DEBUG if progress.shown else logging.INFO
+                for outcome in unlisted:
+                    summary.add(outcome)
+
                 def record(outcome: Outcome) -> None:
                     summary.add(outcome)
                     progress.advance(outcome)
@@ -245,6 +267,12 @@ def command_run(arguments: argparse.Namespace) -> int:
         for client in clients:
             client.close()
     return EXIT_FAILURES if summary.failed else EXIT_OK
+
+
+def _terminate(number: int, frame: object) -> None:
+    """SIGTERM: end `run` like Ctrl-C; a second SIGTERM ends the process at once."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
 
 
 def _originals(config: Config, flag: str | None) -> Path:
@@ -300,6 +328,7 @@ class Summary:
         self.captions = 0
         self.labelled: int | None = 0 if labels else None  # None: no labels model in this run
         self.endpoints: list[dict[str, object]] = []
+        self.file_level = logging.INFO  # each captioned file's line; DEBUG while a progress bar is shown
 
     @property
     def failed(self) -> int:
@@ -315,9 +344,9 @@ class Summary:
             self.captions += bool(outcome.caption)
             if outcome.keywords is not None and self.labelled is not None:
                 self.labelled += 1
-            log.info("%s", describe_outcome(name, outcome))
+            log.log(self.file_level, "%s", describe_outcome(name, outcome))
         elif outcome.status == WOULD_CAPTION:
-            log.info("would caption %s (%s)", name, outcome.reason)
+            log.log(self.file_level, "would caption %s (%s)", name, outcome.reason)
         elif outcome.status == SKIPPED:
             self.skipped[outcome.reason] += 1
             log.debug("skipped %s: %s", name, outcome.reason)
@@ -345,7 +374,7 @@ class Summary:
                          + (" (temporary: try again later)" if outcome.transient else ""))
         if len(self.failures) > 20:
             lines.append(f"  ... and {len(self.failures) - 20} more failures")
-        print("\n".join(lines), file=stream)  # type: ignore[call-overload]
+        print(redact("\n".join(lines)), file=stream)  # type: ignore[call-overload]
 
     def as_dict(self) -> dict[str, object]:
         """Return the summary as data: counts, reasons, failures, seconds and mean ms per stage."""
@@ -356,7 +385,7 @@ class Summary:
             "not_processed": max(0, (self.total or 0) - sum(self.counts.values())),
             "seconds": round(time.monotonic() - self.started, 3),
             "skipped_reasons": dict(self.skipped),
-            "failures": [{"path": self._relative(outcome.path), "reason": outcome.reason,
+            "failures": [{"path": self._relative(outcome.path), "reason": redact(outcome.reason),
                           "transient": outcome.transient} for outcome in self.failures],
             "stages_ms": {stage: round(1000 * seconds / max(1, captioned), 2)
                           for stage, seconds in self.stage_seconds.items()},
@@ -460,7 +489,7 @@ def command_status(arguments: argparse.Namespace) -> int:
             client.check(retry=False)
             reachable = f"{model.model_id} on {client.uri}: ok"
         except CaptiondError as error:
-            reachable = str(error)
+            reachable = redact(str(error))
         finally:
             client.close()
     report = {
@@ -468,7 +497,7 @@ def command_status(arguments: argparse.Namespace) -> int:
         "next_due_in_seconds": None if next_due is None else max(0.0, round(next_due - time.time(), 1)),
         "model": reachable,
         "failures": [{"path": _shown(row.path, originals), "state": row.state,
-                      "attempts": row.attempts, "reason": row.last_error} for row in failures],
+                      "attempts": row.attempts, "reason": redact(row.last_error)} for row in failures],
     }
     if arguments.json:
         print(json.dumps(report, indent=2))
@@ -484,7 +513,7 @@ def command_status(arguments: argparse.Namespace) -> int:
         print("latest failures (`captiond retry` queues them again):")
         for row in failures:
             retry = f", attempt {row.attempts}, will retry" if row.state == "pending" else ""
-            print(f"  {row.state:<11} {_shown(row.path, originals)}: {row.last_error}{retry}")
+            print(f"  {row.state:<11} {_shown(row.path, originals)}: {redact(row.last_error)}{retry}")
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .redaction import redact, register_secret, register_uri
 
 MODEL_TYPES = ("caption", "labels", "nsfw", "face", "generate")
 CAPTIOND_TYPES = ("caption", "labels")
@@ -92,8 +93,8 @@ class Endpoint:
     key: str = ""
 
     def redacted_uri(self) -> str:
-        """Return the Uri with any password or token in it replaced by ***."""
-        return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", self.uri)
+        """Return the Uri with any credential in it (user part, key or token parameters) replaced by ***."""
+        return redact(self.uri)
 
     def base_url(self) -> str:
         """Return scheme://host:port of the Uri (where /api/show and friends live)."""
@@ -273,6 +274,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
 def parse_config(document: Any, environ: Mapping[str, str], path: Path | None) -> Config:
     """Validate a parsed YAML document into a Config; raise ConfigError listing every problem."""
     reader = _Reader(environ)
+    _register_secrets(document, environ)
     if not isinstance(document, dict):
         raise ConfigError([f"expected a mapping at the top, got {_kind(document)}"], str(path or "vision.yml"))
     reader.check_keys(document, TOP_KEYS, "")
@@ -291,6 +293,27 @@ def parse_config(document: Any, environ: Mapping[str, str], path: Path | None) -
                                                prompt=DEFAULT_LABELS_PROMPT, system="", implied=True,
                                                options=MappingProxyType({**caption.options, "top_p": 0.9})))
     return Config(models, thresholds, daemon, path, tuple(reader.warnings))
+
+
+def _register_secrets(document: Any, environ: Mapping[str, str]) -> None:
+    """Register every Key, Password and credential in a Uri of the document (and the environment's) as secret."""
+    for name in ("OPENAI_API_KEY", "OLLAMA_API_KEY"):
+        register_secret(environ.get(name, ""))
+    for name in ("OLLAMA_BASE_URL", "OLLAMA_HOST"):
+        register_uri(environ.get(name, ""))
+    pending: list[tuple[Any, Any]] = [("", document)]
+    while pending:
+        key, value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.items())
+        elif isinstance(value, list):
+            pending.extend((key, item) for item in value)
+        elif isinstance(value, str | int | float) and not isinstance(value, bool):
+            text = expand_variables(str(value), environ)[0]
+            if key in ("Key", "Password"):
+                register_secret(text)
+            elif key == "Uri":
+                register_uri(text)
 
 
 def expand_variables(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .errors import UsageError
+from .redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,10 @@ class HealthServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
                 if self.path.startswith("/metrics"):
-                    self._answer(200, metrics_ref.exposition(), CONTENT_TYPE_LATEST)
+                    self._answer(200, redact(metrics_ref.exposition().decode()).encode(), CONTENT_TYPE_LATEST)
                 elif self.path.startswith("/healthz"):
                     ok, detail = healthy_ref()
-                    self._answer(200 if ok else 503, f"{'ok' if ok else 'unhealthy'}: {detail}\n".encode(),
+                    self._answer(200 if ok else 503, redact(f"{'ok' if ok else 'unhealthy'}: {detail}\n").encode(),
                                  "text/plain; charset=utf-8")
                 else:
                     self._answer(404, b"not found\n", "text/plain")

@@ -1,4 +1,8 @@
-"""A progress bar with rate and ETA on a terminal (rich); nothing otherwise, where log lines suffice."""
+"""A progress bar with rate and ETA on stderr when it is a terminal (rich); nothing otherwise: log lines suffice.
+
+The bar and the log lines shown above it go to stderr, so stdout keeps only the summary
+(`captiond run > out.txt` and `| tee` leave the bar on the terminal).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import logging
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
@@ -23,7 +28,8 @@ class Progress:
         if enabled:
             self._bar = RichProgress(
                 TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=True)
+                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=True,
+                console=Console(stderr=True), redirect_stdout=False)
             self._task = self._bar.add_task("captioning", total=total, rate="")
 
     def __enter__(self) -> Progress:
@@ -34,6 +40,9 @@ class Progress:
             self._saved_handlers = root.handlers[:]
             handler = RichHandler(console=self._bar.console, show_path=False, markup=False, log_time_format="%X")
             handler.setLevel(min((item.level for item in self._saved_handlers), default=logging.INFO))
+            for saved in self._saved_handlers:
+                for log_filter in saved.filters:
+                    handler.addFilter(log_filter)
             root.handlers = [handler]
         return self
 
@@ -42,6 +51,11 @@ class Progress:
         if self._bar is not None:
             self._bar.stop()
             logging.getLogger().handlers = self._saved_handlers
+
+    @property
+    def shown(self) -> bool:
+        """Return whether the bar is on the terminal (then per-file lines are left to -v)."""
+        return self._bar is not None
 
     def advance(self, outcome: Outcome) -> None:
         """Count one finished file."""

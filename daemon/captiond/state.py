@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StateError
+from .redaction import redact
 
 PENDING, RUNNING, DONE, FAILED, QUARANTINED = "pending", "running", "done", "failed", "quarantined"
 STATES = (PENDING, RUNNING, DONE, FAILED, QUARANTINED)
@@ -208,7 +209,7 @@ class StateStore:
                 return
             connection.execute("UPDATE files SET state=?, size=?, mtime_ns=?, last_error=?, updated=?,"
                                " crashes=crashes+?, changed=0 WHERE path=?",
-                               (state, stat.size, stat.mtime_ns, reason, time.time(), int(crashed),
+                               (state, stat.size, stat.mtime_ns, redact(reason), time.time(), int(crashed),
                                 os.fsencode(path)))
 
     def retry_later(self, path: Path, reason: str, delay: float, count_attempt: bool = True,
@@ -217,8 +218,8 @@ class StateStore:
         with self.transaction() as connection:
             connection.execute("UPDATE files SET state=?, attempts=attempts+?, crashes=crashes+?, last_error=?,"
                                " next_try=?, updated=? WHERE path=?",
-                               (PENDING, int(count_attempt), int(crashed), reason, time.time() + delay, time.time(),
-                                os.fsencode(path)))
+                               (PENDING, int(count_attempt), int(crashed), redact(reason), time.time() + delay,
+                                time.time(), os.fsencode(path)))
             row = connection.execute("SELECT * FROM files WHERE path=?", (os.fsencode(path),)).fetchone()
         return _row(row) if row else None
 

@@ -1,0 +1,78 @@
+"""Keep credentials out of everything captiond prints or exports: one function, `redact`, used everywhere.
+
+Two kinds of secret are hidden: the shapes a credential takes in an address (the user part of
+``scheme://user:password@host`` and query parameters named like keys, tokens, secrets, passwords,
+auth or signatures), and every value registered as secret (each Service/Endpoint Key, Password,
+and the credentials found in configured Uris), wherever such a value appears in a text.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from urllib.parse import quote, unquote
+
+MASK = "***"
+
+# scheme://USERINFO@ : everything between "://" and the last "@" before the host ends.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s]*)@")
+# A query (or fragment) parameter whose name says it holds a credential: ?api_key=..., &X-Amz-Signature=...
+_SECRET_NAME = r"[A-Za-z0-9_.\-\[\]]*(?:key|token|secret|passw|pwd|pass|auth|sig|credential|session|cookie)" \
+    r"[A-Za-z0-9_.\-\[\]]*"
+_PARAMETER = re.compile(rf"(?P<lead>[?&;#](?i:{_SECRET_NAME})=)(?P<value>[^&;#\s\"'<>]*)")
+_BEARER = re.compile(r"(?P<lead>(?i:bearer|basic)\s+)(?P<value>[A-Za-z0-9._~+/=-]{8,})")
+
+_lock = threading.Lock()
+_secrets: tuple[str, ...] = ()
+
+
+def register_secret(value: str) -> None:
+    """Remember a secret value (a Key, a password) so that `redact` hides it wherever it appears."""
+    global _secrets
+    value = value.strip()
+    if not value:
+        return
+    forms = {value, quote(value, safe=""), quote(value, safe="/:"), unquote(value)}
+    with _lock:
+        _secrets = tuple(sorted(set(_secrets) | {form for form in forms if form}, key=len, reverse=True))
+
+
+def register_uri(uri: str) -> None:
+    """Remember the credentials found in an address (its user part, its secret-named parameters)."""
+    for match in _USERINFO.finditer(uri):
+        user, _, password = match.group("userinfo").partition(":")
+        register_secret(password or user)  # a lone user part is a token (https://TOKEN@host)
+    for match in _PARAMETER.finditer(uri):
+        register_secret(match.group("value"))
+
+
+def redact(text: str) -> str:
+    """Return `text` with every credential-shaped part of an address and every registered secret replaced."""
+    text = _USERINFO.sub(lambda match: f"{match.group('scheme')}{MASK}@" if match.group("userinfo") else match[0],
+                         text)
+    text = _PARAMETER.sub(lambda match: match.group("lead") + (MASK if match.group("value") else ""), text)
+    text = _BEARER.sub(lambda match: match.group("lead") + MASK, text)
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that redacts each record's message and traceback before any handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Replace the record's message (arguments applied) and exception text with redacted ones."""
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        record.msg, record.args = redact(message), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
