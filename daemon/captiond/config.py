@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .addresses import ollama_base_url, understand_uri
 from .errors import ConfigError
 from .redaction import redact, register_secret, register_uri
 
@@ -516,10 +517,14 @@ class _Reader:
             if request_format == "openai" and model_type in CAPTIOND_TYPES and engine in REMOTE_ENGINES:
                 self.problem(f"{where}.Uri", "required for an OpenAI-compatible server, "
                              "e.g. http://localhost:8080/v1/chat/completions")
-            base = (self.environ.get("OLLAMA_BASE_URL") or DEFAULT_OLLAMA_BASE_URL).rstrip("/")
-            uri = f"{base}/api/generate"
+            uri = f"{ollama_base_url(self.environ, DEFAULT_OLLAMA_BASE_URL)}/api/generate"
         elif not re.match(r"^https?://[^/\s]+", uri):
             self.problem(f"{where}.Uri", f"expected an http:// or https:// address, got {_kind(uri)}")
+        else:
+            uri = self.understood(uri, request_format, f"{where}.Uri")
+        endpoints = tuple(dataclasses.replace(endpoint, uri=self.understood(endpoint.uri, request_format,
+                                                                            f"{where}.Endpoints[{index}].Uri"))
+                          for index, endpoint in enumerate(endpoints))
         scheme_default = "data" if request_format == "openai" else "base64"
         file_scheme = self.choice(mapping, "FileScheme", where, scheme_default, ("base64", "data"))
         if file_scheme != scheme_default:
@@ -542,6 +547,15 @@ class _Reader:
             think=think_text,
             stream=self.boolean(mapping, "Stream", where, True),
         )
+
+    def understood(self, uri: str, request_format: str, where: str) -> str:
+        """Return the endpoint a Uri means (see addresses.understand_uri), noting a warning or a problem."""
+        understood = understand_uri(uri, request_format)
+        if understood.warning:
+            self.warnings.append(f"{where}: {understood.warning}")
+        if understood.problem:
+            self.problem(where, understood.problem)
+        return understood.uri
 
     def listen(self, mapping: Mapping[str, Any], where: str) -> str:
         text = self.string(mapping, "Listen", where, "").strip()
