@@ -46,7 +46,7 @@ from .pipeline import (
     run_pipeline,
 )
 from .progress import Progress
-from .redaction import RedactingFilter, redact
+from .redaction import RedactingFilter, redact, redact_process_output
 from .service import WatchService
 from .sources import PRIORITIES, WRITABLE_SOURCES
 from .state import StateStore
@@ -63,6 +63,7 @@ class Terminated(KeyboardInterrupt):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
+    redact_process_output()
     parser = build_parser()
     arguments = parser.parse_args(argv)
     setup_logging(arguments.verbose, arguments.quiet, getattr(arguments, "log_format", "text"))

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
+import traceback
+from types import TracebackType
+from typing import Any, TextIO, cast
 from urllib.parse import quote, unquote
 
 MASK = "***"
@@ -76,3 +80,36 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
+
+
+class _RedactingWriter:
+    """A text stream that redacts what is written to it and passes everything else to the stream it wraps."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        """Write the redacted text; return the length of the text given."""
+        self._stream.write(redact(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def redact_process_output() -> None:
+    """Redact all of stdout and every traceback this process prints (a last line of defence behind `redact`)."""
+    if not isinstance(sys.stdout, _RedactingWriter):
+        sys.stdout = cast(TextIO, _RedactingWriter(sys.stdout))
+
+    def print_exception(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+        sys.stderr.write(redact("".join(traceback.format_exception(kind, error, trace))))
+
+    def print_thread_exception(arguments: threading.ExceptHookArgs) -> None:
+        if arguments.exc_value is not None:
+            name = arguments.thread.name if arguments.thread else "?"
+            sys.stderr.write(f"Exception in thread {name}:\n")
+            print_exception(arguments.exc_type, arguments.exc_value, arguments.exc_traceback)
+
+    sys.excepthook = print_exception
+    threading.excepthook = print_thread_exception
