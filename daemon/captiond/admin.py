@@ -59,8 +59,13 @@ def recorded_model(settings: Mapping[str, Any], config: Config, kind: str = "cap
             continue
         local = config.model(kind)
         key = local.service.key if local is not None else ""
-        endpoints = tuple(Endpoint(str(item.get("uri", "")), item.get("parallel"), key)
-                          for item in entry.get("endpoints") or [] if isinstance(item, dict))
+        # The recorded addresses are redacted: where this configuration has the same address, use its
+        # credentials (user part, token parameters, Key) rather than the *** that stands for them.
+        known = {endpoint.redacted_uri(): endpoint for endpoint in (local.service.all_endpoints() if local else ())}
+        endpoints = tuple(
+            dataclasses.replace(known[str(item.get("uri"))], parallel=item.get("parallel"))
+            if str(item.get("uri")) in known else Endpoint(str(item.get("uri", "")), item.get("parallel"), key)
+            for item in entry.get("endpoints") or [] if isinstance(item, dict))
         if not endpoints:
             return None
         base = local if local is not None else ModelConfig(index=0, type=kind)
