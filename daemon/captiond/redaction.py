@@ -53,14 +53,22 @@ def register_uri(uri: str) -> None:
 
 def redact(text: str) -> str:
     """Return `text` with every credential-shaped part of an address and every registered secret replaced."""
-    text = _USERINFO.sub(lambda match: f"{match.group('scheme')}{MASK}@" if match.group("userinfo") else match[0],
-                         text)
+    text = _USERINFO.sub(_redact_userinfo, text)
     text = _PARAMETER.sub(lambda match: match.group("lead") + (MASK if match.group("value") else ""), text)
     text = _BEARER.sub(lambda match: match.group("lead") + MASK, text)
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
+
+
+def _redact_userinfo(match: re.Match[str]) -> str:
+    """Keep a user name that has a password (user:***@); a lone user part is itself the token (***@)."""
+    user, colon, password = match.group("userinfo").partition(":")
+    if not match.group("userinfo"):
+        return match[0]
+    shown = f"{user}:{MASK}" if colon and password and user else MASK
+    return f"{match.group('scheme')}{shown}@"
 
 
 class RedactingFilter(logging.Filter):
