@@ -133,7 +133,7 @@ def test_values_and_names_cannot_become_exiftool_options(exiftool: Exiftool, ori
     write(exiftool, photo, "Boat\n-IFD0:Artist=evil\r\n-o\n/tmp/escaped.jpg", embedded=True)
     tags = read_tags(photo, "XMP-dc:Description", "IFD0:Artist")
     assert tags == {"XMP-dc:Description": "Boat -IFD0:Artist=evil  -o /tmp/escaped.jpg"}
-    with pytest.raises(ValueError, match="line break"):
+    with pytest.raises(MetadataError, match="line break"):
         exiftool.run("-ver\n-Artist=evil")
 
 

@@ -2,8 +2,11 @@
 
 One long-lived `exiftool -stay_open` process (pyexiftool) answers every read and write. In that
 mode every line is one argument, so nothing that could hold a line break ever reaches it raw:
-values are made single-line by `plan_caption` and checked again in `Exiftool.run`, and file
-names travel as absolute byte strings (a name with a line break goes through a private symlink).
+values are made single-line by `plan_caption` and checked again in `Exiftool.run`. No byte of a
+library path ever reaches exiftool either: every file and folder it is given is a private symlink
+with a name of ours (hex digits and a plain extension) in a folder of ours. exiftool expands format
+codes (`%d`, `%f`, `%2.1f`, `%c`, ...) in `-o` paths and has no escape for them, a relative name
+starting with `-` would be an option, and a line break cannot travel through the argument stream.
 
 Writes never use `-overwrite_original`: exiftool writes a complete new file (`-o`) beside the
 target under a temporary name of ours, which we fsync and rename over the target in one step.
@@ -102,6 +105,8 @@ IPTC_CAPTION_BYTES = 2000
 # to our temporary name and let exiftool rewrite that copy instead.
 COPY_FIRST_EXTENSIONS = frozenset({".webp"})
 _BINARY_SIZE = re.compile(r"Binary data (\d+) bytes")
+_PLAIN_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,10}")
+_INERT_PATH = re.compile(rb"/[^%\n\r\0]*")  # no format code, no line break: exiftool takes it as it is
 
 
 @dataclass(frozen=True)
@@ -558,6 +563,10 @@ class Exiftool:
         self._closed = False
         self._process: exiftool.ExifTool | None = None
         self._links = tempfile.TemporaryDirectory(prefix="captiond-links-")
+        if not _INERT_PATH.fullmatch(os.fsencode(self._links.name)):
+            self._links.cleanup()
+            raise ExiftoolError(f"the temporary folder {self._links.name!r} holds characters exiftool would "
+                                "interpret (% or a line break): set TMPDIR to a plain path")
 
     def __enter__(self) -> Exiftool:
         # Start now, from the calling (main) thread: pyexiftool ties exiftool's life to the starting
@@ -594,7 +603,7 @@ class Exiftool:
         for argument in arguments:
             text = argument if isinstance(argument, bytes) else argument.encode("utf-8", "surrogateescape")
             if b"\n" in text or b"\r" in text or b"\0" in text:
-                raise ValueError(f"refusing an exiftool argument with a line break: {argument!r}")
+                raise MetadataError(f"refusing an exiftool argument with a line break: {argument!r}")
         with self._lock:
             if self._closed:
                 raise ExiftoolError("exiftool was stopped")
@@ -625,13 +634,10 @@ class Exiftool:
 
     @contextlib.contextmanager
     def _argument_path(self, path: Path) -> Iterator[bytes]:
-        """Yield an absolute path exiftool can take as one argument (a symlink for names with line breaks)."""
-        raw = os.fsencode(path.absolute())
-        if b"\n" not in raw and b"\r" not in raw:
-            yield raw
-            return
-        link = Path(self._links.name) / f"{secrets.token_hex(8)}{path.suffix}"
-        os.symlink(path.absolute(), link)
+        """Yield an inert name for a file or folder: a private symlink to it, named by us (see the module's doc)."""
+        suffix = path.suffix if _PLAIN_SUFFIX.fullmatch(path.suffix) else ""
+        link = Path(self._links.name) / f"{secrets.token_hex(8)}{suffix}"
+        os.symlink(os.path.abspath(path), link)
         try:
             yield os.fsencode(link)
         finally:
@@ -707,7 +713,8 @@ class Exiftool:
         if plan.empty:
             return
         directory = plan.target.parent
-        temporary = directory / f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{plan.target.suffix.lower()}"
+        suffix = plan.target.suffix.lower() if _PLAIN_SUFFIX.fullmatch(plan.target.suffix) else ""
+        temporary = directory / f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{suffix}"
         assignments = _assignments(plan.tags)
         before = _stat_or_none(source)
         packet = new_sidecar_xmp(plan.tags) if before is None and not plan.embedded else None
@@ -715,13 +722,14 @@ class Exiftool:
             self._write_new_sidecar(plan.target, temporary, packet)
             return
         try:
-            with self._argument_path(source) as source_argument:
-                command: list[str | bytes] = [*assignments, os.fsencode(temporary)]
+            with self._argument_path(source) as source_argument, self._argument_path(directory) as folder:
+                temporary_argument = folder + b"/" + os.fsencode(temporary.name)
+                command: list[str | bytes] = [*assignments, temporary_argument]
                 if before is not None and plan.target.suffix.lower() in COPY_FIRST_EXTENSIONS:
                     shutil.copy2(source, temporary)
-                    command = ["-overwrite_original", *assignments, os.fsencode(temporary)]
+                    command = ["-overwrite_original", *assignments, temporary_argument]
                 elif before is not None:
-                    command = ["-o", os.fsencode(temporary), *assignments, source_argument]
+                    command = ["-o", temporary_argument, *assignments, source_argument]
                 status, output, stderr = self.run(*command)
             if status != 0 or not temporary.exists():
                 reason = _first_line(stderr) or _text(output)

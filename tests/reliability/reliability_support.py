@@ -453,6 +453,14 @@ def state_rows(config_dir: Path) -> dict[str, dict[str, Any]]:
         connection.close()
 
 
+def rows_so_far(config_dir: Path) -> dict[str, dict[str, Any]]:
+    """Return state_rows, or {} while the daemon has not made its database (file or table) yet."""
+    try:
+        return state_rows(config_dir) if (config_dir / "state" / "captiond.db").exists() else {}
+    except sqlite3.Error:
+        return {}
+
+
 # ------------------------------------------------------------------------------------------ emulators
 class JitteryEmulator(OllamaEmulator):
     """The emulator with a seeded random latency per request (a real server is never perfectly regular)."""
