@@ -67,9 +67,14 @@ def strip_wrapping_quotes(text: str) -> str:
     return text
 
 
+def valid_text(text: str) -> str:
+    """Return text without lone surrogates (a JSON answer may hold "\\ud800"; no file format can store one)."""
+    return "".join(character for character in text if not "\ud800" <= character <= "\udfff")
+
+
 def single_line(text: str) -> str:
     """Return NFC text with line breaks and control characters turned into single spaces."""
-    text = unicodedata.normalize("NFC", text)
+    text = unicodedata.normalize("NFC", valid_text(text))
     text = "".join(" " if unicodedata.category(character) in ("Cc", "Cf", "Zl", "Zp")
                    and character not in _JOINERS else character for character in text)
     return re.sub(r"\s+", " ", text).strip()

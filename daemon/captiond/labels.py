@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .captions import strip_thinking
+from .captions import strip_thinking, valid_text
 from .config import Thresholds
 from .errors import AnswerError
 
@@ -38,6 +38,8 @@ LABELS_SCHEMA: dict[str, Any] = {
 }
 SCHEMA_INSTRUCTIONS = ('Return JSON that matches this schema:\n{"labels":[{"name":"","confidence":0,"topicality":0}]}')
 MAX_LABELS = 20
+MAX_LABEL_LENGTH = 64  # characters: a label is a word or a short phrase; longer "labels" are dropped
+MAX_JSON_STARTS = 64  # where a JSON document may start in an answer: enough for prose around it, and bounded
 IPTC_KEYWORD_BYTES = 64
 
 
@@ -70,14 +72,18 @@ def parse_labels(text: str) -> list[Label]:
 
 
 def _find_json(text: str) -> Any:
-    """Return the first JSON object or list in text (fenced, wrapped in prose, or bare), else None."""
+    """Return the first JSON object or list in text (fenced, wrapped in prose, or bare), else None.
+
+    Bounded: at most MAX_JSON_STARTS places are tried per candidate, and a document nested deeper than
+    Python's recursion limit is no document.
+    """
     fenced = re.findall(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
     for candidate in [*fenced, text]:
         decoder = json.JSONDecoder()
-        for match in re.finditer(r"[\[{]", candidate):
+        for _, match in zip(range(MAX_JSON_STARTS), re.finditer(r"[\[{]", candidate), strict=False):
             try:
                 document, _ = decoder.raw_decode(candidate[match.start():])
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(document, dict | list):
                 return document
@@ -106,7 +112,7 @@ def _fraction(value: Any, default: float) -> float:
 
 def normalize_name(name: str, mode: str) -> str:
     """Return a label name as PhotoPrism normalises it: `single-word`, `phrase`, or unchanged (`false`)."""
-    name = unicodedata.normalize("NFC", " ".join(name.split())).strip(" .,;:!?\"'`*_-#")
+    name = unicodedata.normalize("NFC", " ".join(valid_text(name).split())).strip(" .,;:!?\"'`*_-#")
     if mode in ("false", "off", "none", "no", "disabled") or not name:
         return name
     words = re.findall(r"[^\W_]+(?:['’-][^\W_]+)*", name)
@@ -132,7 +138,9 @@ def select_labels(labels: Iterable[Label], thresholds: Thresholds, mode: str) ->
             continue
         name = normalize_name(label.name, mode)
         key = name.casefold()
-        if name and (key not in chosen or chosen[key].confidence < label.confidence):
+        if not name or len(name) > MAX_LABEL_LENGTH:
+            continue
+        if key not in chosen or chosen[key].confidence < label.confidence:
             chosen[key] = Label(name, label.confidence, label.topicality)
     ranked = sorted(chosen.values(), key=lambda label: (-label.topicality, -label.confidence, label.name))
     return [label.name for label in ranked[:MAX_LABELS]]

@@ -445,8 +445,12 @@ def current_labels(metadata: FileMetadata, embedded: bool) -> CurrentLabels:
 
 
 def inert(value: str) -> str:
-    """Return a value that cannot break out of its argument line: control characters become spaces."""
-    return "".join(" " if ord(character) < 32 or ord(character) == 127 else character for character in value).strip()
+    """Return a value that cannot break out of its argument line: control characters become spaces.
+
+    Lone surrogates are dropped: they cannot be encoded, so they would fail the write of this file.
+    """
+    return "".join(" " if ord(character) < 32 or ord(character) == 127 else character for character in value
+                   if not "\ud800" <= character <= "\udfff").strip()
 
 
 def truncate_bytes(text: str, limit: int) -> str:

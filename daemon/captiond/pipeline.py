@@ -77,6 +77,7 @@ class Outcome:
     keywords: tuple[str, ...] | None = None  # None: no labels asked
     transient: bool = False
     crashed: bool = False
+    unexpected: bool = False  # an error no check foresaw (a defect): the daemon tries a few times, then quarantines
     wrote_original: bool = False
     stages: Mapping[str, float] = field(default_factory=dict)  # seconds: read, decode, encode, request, write
 
@@ -133,6 +134,12 @@ class Captioner:
         except OSError as exc:  # a file system refusal no check above foresaw: this file's failure, not the run's
             transient = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN)
             return _failure(path, MetadataError(f"cannot read or write: {exc.strerror or exc}", transient=transient))
+        except ModelSetupError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever one file causes is that file's failure, never the run's
+            log.debug("unexpected error on %s", self._name(path), exc_info=True)
+            unforeseen = FileError(f"unexpected error: {type(exc).__name__}: {exc}", transient=True)
+            return dataclasses.replace(_failure(path, unforeseen), unexpected=True)
 
     def _labels_or_error(self, image: PreparedImage, metadata: FileMetadata) -> tuple[list[str] | None,
                                                                                        FileError | None]:
@@ -325,8 +332,10 @@ def check_writable(metadata: FileMetadata, embedded: bool) -> None:
 
 
 def _failure(path: Path, error: FileError, prefix: str = "", caption: str = "") -> Outcome:
+    """Return a failed outcome whose reason is one printable line (it may quote names, answers, exiftool)."""
     error.for_file(str(path))
-    return Outcome(path, FAILED, prefix + error.reason, caption, transient=error.transient,
+    reason = printable(" ".join((prefix + error.reason).splitlines()))
+    return Outcome(path, FAILED, reason, caption, transient=error.transient,
                    crashed=bool(getattr(error, "crashed", False)))
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import Config
-from .errors import CaptiondError, ModelSetupError, ServerUnreachable
+from .errors import ModelSetupError, ServerUnreachable
 from .health import HealthServer, Metrics, SystemdNotifier
 from .library import printable, scan_entries
 from .model import ModelClient
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 CRASHES_BEFORE_QUARANTINE = 2
+UNEXPECTED_BEFORE_QUARANTINE = 3  # attempts that end in an error no check foresaw (a defect of ours)
 MAX_REQUEUE_DELAY = 3600.0
 PROBE_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 STALL_AFTER = 600.0  # the least time without a finished file, while files are due, before the daemon counts as stuck
@@ -156,10 +157,14 @@ class WatchService:
             with self._events_lock:
                 paths, self._events = list(self._events), {}
                 directories, self._directories = list(self._directories), set()
-            for directory in directories:
-                self._enqueue_tree(directory, forget_missing=False, turned=self._event_loop_turns)
-            if paths:
-                self._enqueue_paths(paths, not_before=time.time() + self.settle)
+            try:
+                for directory in directories:
+                    self._enqueue_tree(directory, forget_missing=False, turned=self._event_loop_turns)
+                if paths:
+                    self._enqueue_paths(paths, not_before=time.time() + self.settle)
+            except Exception as error:  # noqa: BLE001 - the next rescan finds what these events named
+                log.error("could not queue %d changed paths (the next rescan will): %s", len(paths) + len(directories),
+                          _one_line(error))
 
     def _event_loop_turns(self) -> None:
         self._event_loop_turned = time.monotonic()
@@ -182,8 +187,8 @@ class WatchService:
         while not self.stop.is_set():
             try:
                 self._enqueue_tree(self.originals, forget_missing=True)
-            except CaptiondError as error:
-                log.error("rescan failed: %s", error)
+            except Exception as error:  # noqa: BLE001 - a failed rescan is tried again at the next interval
+                log.error("rescan failed: %s", _one_line(error))
             interval = self.config.daemon.rescan * random.uniform(0.9, 1.1)
             self._rescan_requested.wait(interval)
             self._rescan_requested.clear()
@@ -260,10 +265,7 @@ class WatchService:
                     future = executor.submit(self._handle, row)
                     future.add_done_callback(lambda _: self._wake.set())
                     in_flight.add(future)
-                done = {future for future in in_flight if future.done()}
-                for future in done:
-                    future.result()
-                in_flight -= done
+                in_flight = {future for future in in_flight if not future.done()}
                 self._wake.wait(self._idle_wait(in_flight))
                 self._wake.clear()
         finally:
@@ -296,6 +298,19 @@ class WatchService:
         self.abandoned = len(left)
 
     def _handle(self, row: FileState) -> None:
+        """Process one claimed row; nothing a file or an answer does escapes (the daemon must not exit)."""
+        try:
+            self._process_row(row)
+        except Exception as error:  # noqa: BLE001
+            reason = f"unexpected error: {_one_line(error)}"
+            log.error("%s: %s; will try again later", self._relative(row.path), reason)
+            try:
+                self._record(row, Outcome(row.path, FAILED, reason, transient=True, unexpected=True),
+                             Stat.of(row.path) or Stat(row.size, row.mtime_ns))
+            except Exception as second:  # noqa: BLE001 - the row stays running: recovered at the next start
+                log.error("%s: cannot record the failure either: %s", self._relative(row.path), _one_line(second))
+
+    def _process_row(self, row: FileState) -> None:
         path = row.path
         self._moved()
         stat = Stat.of(path)
@@ -338,6 +353,11 @@ class WatchService:
         if not outcome.transient:
             self.state.finish(row.path, STATE_FAILED, stat, outcome.reason)
             log.error("failed %s: %s", name, outcome.reason)
+            return
+        if outcome.unexpected and row.attempts + 1 >= UNEXPECTED_BEFORE_QUARANTINE:
+            self.state.finish(row.path, QUARANTINED, stat, f"failed {UNEXPECTED_BEFORE_QUARANTINE} times: "
+                              f"{outcome.reason}")
+            log.error("quarantined %s: %s", name, outcome.reason)
             return
         if outcome.crashed and row.crashes + 1 >= CRASHES_BEFORE_QUARANTINE:
             self.state.finish(row.path, QUARANTINED, stat, f"crashed the model server twice: {outcome.reason}",
@@ -457,3 +477,8 @@ class WatchService:
             return printable(path.relative_to(self.originals).as_posix())
         except ValueError:
             return printable(str(path))
+
+
+def _one_line(error: BaseException) -> str:
+    """Return an error as one printable line: its type and message."""
+    return printable(" ".join(f"{type(error).__name__}: {error}".splitlines()))
