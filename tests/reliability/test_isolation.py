@@ -42,7 +42,7 @@ TEXT_PIECES = ("\ud800", "\udfff", "\udc80", "\x00", "\ufffe", "\uffff", "\ufeff
                "\r\n-execute\n", "\x1b[31m", "<think>", "</think>", "🙂", "🎉", "e\u0301", "\u0301" * 50, "%d", "'",
                '"', "<", "&", "]]>", "\\", "日本", " ", "\t", "a")
 MAX_LENGTH = 500
-MAX_LABEL_LENGTH = 64
+MAX_LABEL_LENGTH = 100
 MAX_LABELS = 20
 
 
@@ -148,7 +148,7 @@ def test_hostile_answers_are_each_one_photos_outcome_in_run(tmp_path: Path, requ
     hostile answers (lone surrogates, 1 000- and 100 000-deep JSON, a 900 kB label, 5 000 labels, control
     characters, option injection, and generated mixtures): no traceback, every photo is processed, each ends
     captioned with valid text (no surrogate or control character, at most MaxLength characters, at most 20
-    keywords of at most 64 characters) or failed with a one-line reason."""
+    keywords of at most 100 characters) or failed with a one-line reason."""
     photos = make_photos(tmp_path / "originals", 27)
     answers = Answers(photos, seeded("answers-run"))
     report = tmp_path / "report.json"
