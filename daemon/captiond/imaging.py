@@ -8,6 +8,8 @@ arrives as bytes together with the RAW file's orientation.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import time
 import warnings
 from dataclasses import dataclass
@@ -70,7 +72,11 @@ def prepare_file(path: Path, resolution: int) -> PreparedImage:
     if size == 0:
         raise ImageError("empty file (0 bytes)", str(path))
     try:
-        with path.open("rb") as stream:
+        # No symlink followed, and a FIFO or device never blocks the open nor is read.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(descriptor, "rb") as stream:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise ImageError("not a regular file (a FIFO, device or socket is never read)", str(path))
             return _prepare(stream, resolution, orientation=None)
     except ImageError as error:
         raise error.for_file(str(path)) from error.__cause__

@@ -6,6 +6,7 @@ import fnmatch
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,12 +83,50 @@ def printable(text: str) -> str:
                    or 0xDC80 <= ord(character) <= 0xDCFF else character for character in text)
 
 
+def containment_problem(originals: Path, path: Path, *, folder: bool = False, missing_ok: bool = False) -> str | None:
+    """Return why captiond may not read or write `path`, or None when it may.
+
+    The one rule every producer (scan, watcher events, rescans) and every write applies: the path lies
+    inside the originals folder, no component below that folder is a symlink, every folder on the way is a
+    real folder, and the path itself is a regular file (a real folder with `folder`; absent with
+    `missing_ok`, for a sidecar still to be made). FIFOs, devices and sockets are never opened. The
+    originals folder itself may be a symlink: that is the user's choice.
+    """
+    root = os.path.abspath(originals)
+    relative = os.path.relpath(os.path.abspath(path), root)
+    if relative == "." and folder:
+        return None
+    if relative == "." or relative == ".." or relative.startswith("../"):
+        return "outside the originals folder"
+    current = root
+    parts = relative.split("/")
+    for index, part in enumerate(parts):
+        current = os.path.join(current, part)
+        last = index == len(parts) - 1
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return None if last and missing_ok else "gone"
+        except OSError as exc:
+            return f"cannot look at it: {exc.strerror or exc}"
+        where = "" if last else f" ({printable(os.path.relpath(current, root))})"
+        if stat.S_ISLNK(mode):
+            return f"a symlink{where}: not followed"
+        if not last or folder:
+            if not stat.S_ISDIR(mode):
+                return f"not a folder{where}"
+        elif not stat.S_ISREG(mode):
+            return "not a regular file (a FIFO, device or socket is never opened)"
+    return None
+
+
 def scan(originals: Path, terms: Sequence[FilterTerm] = (),
          on_error: Callable[[Path, str], None] | None = None) -> Iterator[Path]:
     """Yield every photo under the originals folder that matches the filter, in a stable order.
 
-    Hidden files and folders are skipped, and symlinks are never followed (they may point outside the
-    library or form loops). Our own temporary files left by an interrupted write are removed on the way.
+    Hidden files and folders are skipped, symlinks are never followed (they may point outside the
+    library or form loops) and only regular files are yielded (see containment_problem). Our own
+    temporary files left by an interrupted write are removed on the way.
     """
     for entry in scan_entries(originals, originals, terms, on_error):
         yield Path(entry.path)
@@ -121,6 +160,8 @@ def scan_entries(originals: Path, top: Path, terms: Sequence[FilterTerm] = (),
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     subdirectories.append(Path(entry.path))
+                    continue
+                if not entry.is_file(follow_symlinks=False):  # a FIFO, device or socket
                     continue
             except OSError:
                 continue

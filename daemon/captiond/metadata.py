@@ -25,6 +25,7 @@ import re
 import secrets
 import select
 import shutil
+import stat
 import tempfile
 import threading
 import warnings
@@ -650,7 +651,8 @@ class Exiftool:
     def read(self, path: Path, sidecar_naming: str = "ext") -> FileMetadata:
         """Return the caption-related tags of an original and of its sidecar, in one exiftool call."""
         sidecar, sidecar_exists = sidecar_path(path, sidecar_naming)
-        others = other_sidecars(path, sidecar)
+        _refuse_special(sidecar, "the sidecar")
+        others = [other for other in other_sidecars(path, sidecar) if _is_regular(other)]  # never a symlink or FIFO
         with contextlib.ExitStack() as stack:
             files = [stack.enter_context(self._argument_path(path))]
             if sidecar_exists:
@@ -696,7 +698,7 @@ class Exiftool:
         """Write a brand-new sidecar: temporary file, fsync, rename (no exiftool needed)."""
         try:
             _create_exclusively(temporary, packet)
-            if target.exists():  # appeared meanwhile (another tool): never replace it blindly
+            if os.path.lexists(target):  # appeared meanwhile (another tool): never replace it blindly
                 raise MetadataError("a sidecar appeared while captiond wrote one; will try again", str(target),
                                     transient=True)
             os.replace(temporary, target)
@@ -747,6 +749,7 @@ class Exiftool:
             if before is not None and plan.embedded:
                 _copy_ownership(source, temporary)
             _fsync(temporary)
+            _refuse_special(plan.target, "the photo" if plan.embedded else "the sidecar")
             os.replace(temporary, plan.target)
             _fsync_directory(directory)
         except OSError as exc:
@@ -890,6 +893,28 @@ def _lists(record: Mapping[str, object]) -> dict[str, tuple[str, ...]]:
 
 def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _is_regular(path: Path) -> bool:
+    """Return whether `path` is a regular file and not a symlink."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _refuse_special(path: Path, what: str) -> None:
+    """Raise a MetadataError if `path` is a symlink or exists as anything but a regular file (never followed)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise MetadataError(f"cannot look at {what}: {exc.strerror or exc}") from exc
+    if stat.S_ISLNK(mode):
+        raise MetadataError(f"{what} is a symlink: not followed")
+    if not stat.S_ISREG(mode):
+        raise MetadataError(f"{what} is not a regular file (a FIFO, device or socket is never opened)")
 
 
 def _stat_or_none(path: Path) -> tuple[int, int] | None:

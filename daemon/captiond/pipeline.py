@@ -25,7 +25,7 @@ from .config import Config, ModelConfig
 from .errors import AnswerError, FileError, MetadataError, ModelSetupError
 from .imaging import PreparedImage, is_raw, prepare_bytes, prepare_file
 from .labels import LABEL_SYSTEM, LABEL_SYSTEM_PHRASE, LABELS_SCHEMA, SCHEMA_INSTRUCTIONS, parse_labels, select_labels
-from .library import printable
+from .library import containment_problem, printable
 from .metadata import (
     Exiftool,
     FileMetadata,
@@ -100,6 +100,7 @@ class Captioner:
         """
         stages: dict[str, float] = {}
         try:
+            self.check_contained(path)
             with _timed(stages, "read"):
                 metadata = self.exiftool.read(path, self.config.daemon.sidecar_name)
             embedded = writes_embedded(path, self.config.daemon.write)
@@ -225,8 +226,12 @@ class Captioner:
         prefer the sidecar's values, and would otherwise go on showing the sidecar's.
         """
         plan = self.plan(metadata, embedded, caption, keywords)
+        self.check_contained(metadata.path)
+        if not embedded:
+            self.check_contained(plan.target, missing_ok=True, what="the sidecar: ")
         self.exiftool.apply(plan, metadata.path if embedded else metadata.sidecar)
         if embedded and metadata.sidecar_exists:
+            self.check_contained(metadata.sidecar, what="the sidecar: ")
             self.exiftool.apply(self.plan(metadata, False, caption, keywords), metadata.sidecar)
         return embedded and not plan.empty
 
@@ -253,9 +258,17 @@ class Captioner:
         for in_file, target in targets:
             changes = plan_repaired_copies(metadata, in_file)
             if changes and not self.options.dry_run:
+                self.check_contained(target, what="" if in_file else "the sidecar: ")
                 self.exiftool.apply(WritePlan(target, in_file, changes), target)
                 done.append(target.name)
         return f"a person edited our caption: its other copies now hold their text ({', '.join(done)})" if done else ""
+
+    def check_contained(self, path: Path, missing_ok: bool = False, what: str = "") -> None:
+        """Raise a MetadataError unless the path may be read or written (see library.containment_problem)."""
+        originals = self.config.daemon.originals
+        problem = containment_problem(originals, path, missing_ok=missing_ok) if originals is not None else None
+        if problem is not None:
+            raise MetadataError(what + problem)
 
     @property
     def count_reached(self) -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 from .config import Config
 from .errors import ModelSetupError, ServerUnreachable
 from .health import HealthServer, Metrics, SystemdNotifier
-from .library import printable, scan_entries
+from .library import containment_problem, printable, scan_entries
 from .model import ModelClient
 from .pipeline import CAPTIONED, FAILED, Captioner, Outcome, describe_outcome
 from .sandbox import blocked_address_hint
@@ -159,7 +159,8 @@ class WatchService:
                 directories, self._directories = list(self._directories), set()
             try:
                 for directory in directories:
-                    self._enqueue_tree(directory, forget_missing=False, turned=self._event_loop_turns)
+                    if containment_problem(self.originals, directory, folder=True) is None:
+                        self._enqueue_tree(directory, forget_missing=False, turned=self._event_loop_turns)
                 if paths:
                     self._enqueue_paths(paths, not_before=time.time() + self.settle)
             except Exception as error:  # noqa: BLE001 - the next rescan finds what these events named
@@ -172,8 +173,8 @@ class WatchService:
     def _enqueue_paths(self, paths: list[Path], not_before: float) -> None:
         items, gone = [], []
         for path in paths:
-            stat = Stat.of(path)
-            if stat is None:
+            stat = Stat.of(path) if containment_problem(self.originals, path) is None else None
+            if stat is None:  # gone, or no longer a regular file inside the originals: forgotten
                 gone.append(path)
             else:
                 items.append((path, stat, not_before))
