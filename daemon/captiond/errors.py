@@ -16,6 +16,7 @@ raised (``raise OurError(...) from exc``) and never leak.
     └── FileError                      one file failed; the run goes on.  ``transient``
         ├── ImageError                 cannot be decoded: truncated, corrupt, a bomb, not an image
         ├── MetadataError              exiftool could not read or write this file's metadata
+        │   └── ChangedMeanwhile       the photo or a sidecar changed since it was read: read and decide again
         └── ModelError                 the model failed on this image
             ├── TransientModelError    5xx, 429, timeouts, dropped connections, cut streams
             └── AnswerError            4xx, or the answer holds no usable caption
@@ -109,6 +110,12 @@ class ImageError(FileError):
 
 class MetadataError(FileError):
     """exiftool could not read or write this file's metadata."""
+
+
+class ChangedMeanwhile(MetadataError):
+    """The photo or one of its sidecars changed after the decision was made: nothing was written."""
+
+    transient = True
 
 
 class ModelError(FileError):

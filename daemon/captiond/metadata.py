@@ -39,7 +39,7 @@ from pathlib import Path
 import exiftool  # pyexiftool
 from exiftool.exceptions import ExifToolException
 
-from .errors import ExiftoolError, MetadataError
+from .errors import ChangedMeanwhile, ExiftoolError, MetadataError
 from .imaging import RAW_EXTENSIONS, SUPPORTED_EXTENSIONS
 from .labels import merge_keywords
 from .sources import CurrentCaption, CurrentLabels, caption_hash, current_source, is_boilerplate
@@ -91,6 +91,7 @@ EMBEDDED_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".tif", ".tiff", ".png
                                  ".hif", ".avif"})
 PREVIEW_TAGS = ("JpgFromRaw", "PreviewImage", "OtherImage", "ThumbnailImage")
 READ_TAGS = (
+    "-XMP-dc:Description-*", "-XMP-tiff:ImageDescription-*",  # every language alternative, not only x-default
     "-XMP-dc:Description", "-IFD0:ImageDescription", "-IPTC:all", "-Photoshop:IPTCDigest",
     "-XMP-tiff:ImageDescription", "-XMP-captiond:all", "-IFD0:Orientation", "-File:FileType",
     "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", "-ExifIFD:DateTimeOriginal", "-XMP-exif:DateTimeOriginal",
@@ -128,6 +129,29 @@ class OtherSidecar:
     lists: Mapping[str, tuple[str, ...]]
 
 
+Fingerprint = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
+
+
+def fingerprint(path: Path) -> Fingerprint | None:
+    """Return what says a file is still the one that was read (None: it does not exist)."""
+    try:
+        status = os.lstat(path)
+    except (OSError, ValueError):
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
+
+
+def fingerprints(path: Path) -> dict[Path, Fingerprint | None]:
+    """Return the fingerprints of a photo and of every name its sidecar may have (existing or not)."""
+    return {candidate: fingerprint(candidate) for candidate in (path, *_own_sidecar_names(path),
+                                                                 *_base_sidecar_names(path))}
+
+
+def unchanged(expected: Mapping[Path, Fingerprint | None]) -> bool:
+    """Return whether every file still holds exactly what it held when it was fingerprinted."""
+    return all(fingerprint(path) == value for path, value in expected.items())
+
+
 @dataclass(frozen=True)
 class FileMetadata:
     """What exiftool read from an original and its sidecar."""
@@ -140,6 +164,9 @@ class FileMetadata:
     original_lists: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     sidecar_lists: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     others: tuple[OtherSidecar, ...] = ()  # the photo's other existing sidecars (see `other_sidecars`)
+    # What the decision is based on: the photo's and every sidecar name's (inode, size, mtime, ctime),
+    # taken before exiftool read them; a write goes ahead only while they all still hold (see `unchanged`).
+    fingerprints: Mapping[Path, Fingerprint | None] = field(default_factory=dict)
 
     @property
     def fallback(self) -> OtherSidecar | None:
@@ -358,24 +385,40 @@ def embedded_comment(metadata: FileMetadata) -> str:
 
 
 def embedded_caption(metadata: FileMetadata) -> CurrentCaption:
-    """Return the caption embedded in the photo (MWG order), or its boilerplate, or nothing."""
+    """Return the caption embedded in the photo (MWG order), or its boilerplate, or nothing.
+
+    A person's edit of one copy of our caption (EXIF ImageDescription, IPTC Caption-Abstract) is theirs,
+    and so is a caption in another language beside ours (only a person writes those).
+    """
     edit = _edited_copy(metadata.original, EMBEDDED_CAPTION_TAGS)
     if edit is not None:  # a person edited one copy of our caption: theirs
         return CurrentCaption(edit[0], "embedded")
     for tag in EMBEDDED_CAPTION_TAGS:
         text = metadata.original.get(tag, "")
         if not is_boilerplate(text):
-            return CurrentCaption(text, "embedded", metadata.original.get("XMP-captiond:CaptionSource", ""),
-                                  metadata.original.get("XMP-captiond:CaptionHash", ""))
+            found = CurrentCaption(text, "embedded", metadata.original.get("XMP-captiond:CaptionSource", ""),
+                                   metadata.original.get("XMP-captiond:CaptionHash", ""))
+            if current_source(found) == found.recorded_source and _other_languages(metadata.original):
+                return CurrentCaption(_other_languages(metadata.original), "embedded")
+            return found
+    if _other_languages(metadata.original):
+        return CurrentCaption(_other_languages(metadata.original), "embedded")
     return CurrentCaption(next((metadata.original[tag] for tag in EMBEDDED_CAPTION_TAGS
                                 if metadata.original.get(tag)), ""), "embedded")
+
+
+def _other_languages(tags: Mapping[str, str]) -> str:
+    """Return the first caption in a language alternative other than x-default (only a person writes those)."""
+    return next((value for key, value in tags.items() if key.startswith(("XMP-dc:Description-",
+                                                                         "XMP-tiff:ImageDescription-"))
+                 and not is_boilerplate(value)), "")
 
 
 def _sidecar_caption(tags: Mapping[str, str]) -> CurrentCaption:
     edit = _edited_copy(tags, SIDECAR_CAPTION_TAGS)
     if edit is not None:  # a person edited one copy of our caption: theirs
         return CurrentCaption(edit[0], "sidecar")
-    text = tags.get("XMP-dc:Description", "") or tags.get("XMP-tiff:ImageDescription", "")
+    text = tags.get("XMP-dc:Description", "") or tags.get("XMP-tiff:ImageDescription", "") or _other_languages(tags)
     return CurrentCaption(text, "sidecar", tags.get("XMP-captiond:CaptionSource", ""),
                           tags.get("XMP-captiond:CaptionHash", ""))
 
@@ -652,6 +695,7 @@ class Exiftool:
         """Return the caption-related tags of an original and of its sidecar, in one exiftool call."""
         sidecar, sidecar_exists = sidecar_path(path, sidecar_naming)
         _refuse_special(sidecar, "the sidecar")
+        before = fingerprints(path)
         others = [other for other in other_sidecars(path, sidecar) if _is_regular(other)]  # never a symlink or FIFO
         with contextlib.ExitStack() as stack:
             files = [stack.enter_context(self._argument_path(path))]
@@ -665,7 +709,8 @@ class Exiftool:
             speed = "-fast" if path.suffix.lower() in {*RAW_EXTENSIONS, ".png"} else "-fast2"
             _, output, stderr = self.run("-j", speed, *READ_TAGS, *files)
         try:
-            records = json.loads(output or "[]")
+            # Numbers as exiftool printed them: a keyword "2023.10" or "1e3" is text, never 2023.1 or 1000.0.
+            records = json.loads(output or "[]", parse_float=str, parse_int=str)
         except json.JSONDecodeError as exc:
             raise MetadataError(f"exiftool gave no readable answer: {stderr.strip()[:200]}", str(path)) from exc
         if not records:
@@ -681,7 +726,7 @@ class Exiftool:
                             for other, argument in zip(others, other_arguments, strict=True)
                             if (record := by_name.get(os.fsdecode(argument))) is not None)
         return FileMetadata(path, sidecar, sidecar_exists, original, _flatten(sidecar_record),
-                            _lists(records[0]), _lists(sidecar_record), read_others)
+                            _lists(records[0]), _lists(sidecar_record), read_others, before)
 
     def extract_preview(self, metadata: FileMetadata) -> bytes:
         """Return the largest embedded preview image of a RAW file (empty if it has none)."""
@@ -694,13 +739,13 @@ class Exiftool:
         assert isinstance(output, bytes)
         return output
 
-    def _write_new_sidecar(self, target: Path, temporary: Path, packet: bytes) -> None:
+    def _write_new_sidecar(self, target: Path, temporary: Path, packet: bytes,
+                           expected: Mapping[Path, Fingerprint | None]) -> None:
         """Write a brand-new sidecar: temporary file, fsync, rename (no exiftool needed)."""
         try:
             _create_exclusively(temporary, packet)
-            if os.path.lexists(target):  # appeared meanwhile (another tool): never replace it blindly
-                raise MetadataError("a sidecar appeared while captiond wrote one; will try again", str(target),
-                                    transient=True)
+            if os.path.lexists(target) or not unchanged(expected):  # another tool wrote meanwhile
+                raise ChangedMeanwhile("a sidecar appeared while captiond wrote one", str(target))
             os.replace(temporary, target)
             _fsync_directory(target.parent)
         except OSError as exc:
@@ -710,14 +755,19 @@ class Exiftool:
             with contextlib.suppress(OSError):
                 temporary.unlink()
 
-    def apply(self, plan: WritePlan, source: Path) -> None:
+    def apply(self, plan: WritePlan, source: Path, expected: Mapping[Path, Fingerprint | None] | None = None) -> None:
         """Write a plan: exiftool writes a new file under a temporary name, which replaces the target atomically.
 
         `source` is the file the new one is made from: the original (embedded), the existing sidecar,
-        or nothing yet (a new sidecar, when it does not exist).
+        or nothing yet (a new sidecar, when it does not exist). `expected` holds the fingerprints the
+        plan was made from (see FileMetadata.fingerprints): they are compared before exiftool starts and
+        again right before the rename, and any difference raises ChangedMeanwhile with nothing written.
         """
         if plan.empty:
             return
+        expected = dict(expected or {})
+        if not unchanged(expected):
+            raise ChangedMeanwhile("the photo or its sidecar changed since it was read", str(plan.target))
         directory = plan.target.parent
         suffix = plan.target.suffix.lower() if _PLAIN_SUFFIX.fullmatch(plan.target.suffix) else ""
         temporary = directory / f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{suffix}"
@@ -725,7 +775,7 @@ class Exiftool:
         before = _stat_or_none(source)
         packet = new_sidecar_xmp(plan.tags) if before is None and not plan.embedded else None
         if packet is not None:
-            self._write_new_sidecar(plan.target, temporary, packet)
+            self._write_new_sidecar(plan.target, temporary, packet, expected)
             return
         try:
             with self._argument_path(source) as source_argument, self._argument_path(directory) as folder:
@@ -743,9 +793,8 @@ class Exiftool:
                     raise MetadataError(f"no space left on the disk ({reason}); will try again", str(plan.target),
                                         transient=True)
                 raise MetadataError(f"exiftool could not write: {reason}", str(plan.target))
-            if before is not None and _stat_or_none(source) != before:
-                raise MetadataError("the file changed while its metadata was written; will try again",
-                                    str(plan.target), transient=True)
+            if (before is not None and _stat_or_none(source) != before) or not unchanged(expected):
+                raise ChangedMeanwhile("the file changed while its metadata was written", str(plan.target))
             if before is not None and plan.embedded:
                 _copy_ownership(source, temporary)
             _fsync(temporary)
@@ -821,11 +870,16 @@ def _assignments(tags: Mapping[str, str | tuple[str, ...]]) -> list[str]:
     """Return exiftool arguments; a tuple becomes one assignment per item (the first replaces the list)."""
     arguments = []
     for tag, value in tags.items():
+        if tag in LANGUAGE_ALTERNATIVE_TAGS:
+            tag = f"{tag}-x-default"  # ours only: a person's caption in another language stays
         if isinstance(value, tuple):
             arguments += [f"-{tag}={inert(item)}" for item in value] or [f"-{tag}="]
         else:
             arguments.append(f"-{tag}={inert(value)}")
     return arguments
+
+
+LANGUAGE_ALTERNATIVE_TAGS = frozenset({"XMP-dc:Description", "XMP-tiff:ImageDescription"})
 
 
 def _create_exclusively(path: Path, data: bytes) -> None:

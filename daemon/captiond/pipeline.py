@@ -22,22 +22,25 @@ from pathlib import Path
 
 from .captions import clean_caption
 from .config import Config, ModelConfig
-from .errors import AnswerError, FileError, MetadataError, ModelSetupError
+from .errors import AnswerError, ChangedMeanwhile, FileError, MetadataError, ModelSetupError
 from .imaging import PreparedImage, is_raw, prepare_bytes, prepare_file
 from .labels import LABEL_SYSTEM, LABEL_SYSTEM_PHRASE, LABELS_SCHEMA, SCHEMA_INSTRUCTIONS, parse_labels, select_labels
 from .library import containment_problem, printable
 from .metadata import (
     Exiftool,
     FileMetadata,
+    Fingerprint,
     Provenance,
     WritePlan,
     current_caption,
     current_labels,
+    fingerprint,
     merge_plans,
     plan_caption,
     plan_carried_caption,
     plan_keywords,
     plan_repaired_copies,
+    unchanged,
     writes_embedded,
 )
 from .model import ModelClient
@@ -46,6 +49,7 @@ from .sources import Decision, decide, decide_labels, resolve_source
 log = logging.getLogger(__name__)
 
 CAPTIONED, SKIPPED, FAILED, WOULD_CAPTION = "captioned", "skipped", "failed", "would caption"
+MAX_CHANGES = 3  # times a photo or its sidecar may change under one processing before it is tried again later
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,16 @@ class ModelRun:
 
     model: ModelConfig
     client: ModelClient | None
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a write put in place after any re-decision (see Captioner.write_unless_changed)."""
+
+    into_photo: bool
+    caption: str
+    keywords: list[str] | None
+    skipped: str = ""  # why nothing was written after all
 
 
 @dataclass(frozen=True)
@@ -93,10 +107,11 @@ class Captioner:
         self._count_lock = threading.Lock()
         self._claimed = 0
 
-    def process(self, path: Path, photo_changed: bool = False) -> Outcome:
+    def process(self, path: Path, photo_changed: bool = False, replaced: int = 0) -> Outcome:
         """Caption (and label) one file if the rules allow it; return what happened (raises only ModelSetupError).
 
         `photo_changed` says the photo was replaced since we captioned it: our own caption is renewed.
+        `replaced` counts the times the photo showed another image by the time its answer came.
         """
         stages: dict[str, float] = {}
         try:
@@ -111,10 +126,11 @@ class Captioner:
                 reasons = [decision.reason for decision in decisions.values()] + ([repaired] if repaired else [])
                 return Outcome(path, SKIPPED, "; ".join(reasons))
             reason = "; ".join(decisions[kind].reason for kind in todo)
-            if not self._claim():
+            if not replaced and not self._claim():
                 return Outcome(path, SKIPPED, "--count reached")
             check_writable(metadata, embedded)  # before the model is asked: its answer could not be kept
-            image = self.prepare(metadata, max(self.runs[kind].model.resolution for kind in todo))
+            resolution = max(self.runs[kind].model.resolution for kind in todo)
+            image = self.prepare(metadata, resolution)
             if self.options.dry_run:
                 return Outcome(path, WOULD_CAPTION, reason)
             stages["decode"] = image.decode_seconds
@@ -125,11 +141,21 @@ class Captioner:
             if labels_error is not None and not caption:
                 raise labels_error
             with _timed(stages, "write"):
-                wrote = self.write(metadata, embedded, caption, keywords)
+                written = self.write_unless_changed(metadata, embedded, caption, keywords, image, photo_changed,
+                                                    resolution)
+            if written is None:  # the photo shows another image now: that one is captioned, not the old one
+                if replaced + 1 >= MAX_CHANGES:
+                    raise MetadataError("the photo kept being replaced while it was captioned; will try again",
+                                        transient=True)
+                log.info("%s was replaced while the model answered: asking about the new photo", self._name(path))
+                return self.process(path, photo_changed, replaced + 1)
+            if written.skipped:
+                return Outcome(path, SKIPPED, written.skipped, wrote_original=written.into_photo, stages=stages)
+            caption, keywords = written.caption, written.keywords
             if labels_error is not None:  # the caption is written; the labels failed
                 return _failure(path, labels_error, "labels: ", caption)
             return Outcome(path, CAPTIONED, reason, caption, None if keywords is None else tuple(keywords),
-                           wrote_original=wrote, stages=stages)
+                           wrote_original=written.into_photo, stages=stages)
         except FileError as error:
             return _failure(path, error)
         except OSError as exc:  # a file system refusal no check above foresaw: this file's failure, not the run's
@@ -219,20 +245,53 @@ class Captioner:
             prompt = prompt.replace("{" + name + "}", value or "unknown")
         return prompt
 
+    def write_unless_changed(self, metadata: FileMetadata, embedded: bool, caption: str, keywords: list[str] | None,
+                             image: PreparedImage, photo_changed: bool, resolution: int) -> Written | None:
+        """Write, as long as the photo and its sidecars still hold what the decision was based on.
+
+        When anything changed since they were read (a person's edit, another tool, a replaced photo),
+        nothing is written: they are read again and the decision is made again, so a person's new
+        caption wins and keywords merge with the new list. Return None when the photo now shows another
+        image (it must be asked about again).
+        """
+        for _ in range(MAX_CHANGES):
+            try:
+                return Written(self.write(metadata, embedded, caption, keywords), caption, keywords)
+            except ChangedMeanwhile:
+                if fingerprint(metadata.path) is None:
+                    return Written(False, "", None, skipped="the photo was deleted while the model answered")
+                fresh = self.exiftool.read(metadata.path, self.config.daemon.sidecar_name)
+                if (fresh.fingerprints.get(metadata.path) != metadata.fingerprints.get(metadata.path)
+                        and self.prepare(fresh, resolution).jpeg != image.jpeg):
+                    return None
+                decisions = self.decide(fresh, embedded, photo_changed)
+                caption = caption if decisions.get("caption", _NOT_ASKED).caption else ""
+                keywords = keywords if decisions.get("labels", _NOT_ASKED).caption else None
+                metadata = fresh
+                if not caption and keywords is None:
+                    return Written(False, "", None, skipped="; ".join(
+                        f"changed while the model answered, then {decision.reason}" for decision in decisions.values()))
+        raise MetadataError("the photo or its sidecar kept changing while it was written; will try again",
+                            transient=True)
+
     def write(self, metadata: FileMetadata, embedded: bool, caption: str, keywords: list[str] | None) -> bool:
         """Write caption and keywords with their provenance in one exiftool call; return whether into the file.
 
         In embedded mode an existing sidecar of the photo gets them too: Immich, PhotoPrism and digiKam
-        prefer the sidecar's values, and would otherwise go on showing the sidecar's.
+        prefer the sidecar's values, and would otherwise go on showing the sidecar's. Raises
+        ChangedMeanwhile, with nothing written, when the files no longer hold what was read.
         """
+        if not unchanged(metadata.fingerprints):
+            raise ChangedMeanwhile("the photo or its sidecar changed since it was read")
         plan = self.plan(metadata, embedded, caption, keywords)
         self.check_contained(metadata.path)
         if not embedded:
             self.check_contained(plan.target, missing_ok=True, what="the sidecar: ")
-        self.exiftool.apply(plan, metadata.path if embedded else metadata.sidecar)
+        self.exiftool.apply(plan, metadata.path if embedded else metadata.sidecar, metadata.fingerprints)
         if embedded and metadata.sidecar_exists:
             self.check_contained(metadata.sidecar, what="the sidecar: ")
-            self.exiftool.apply(self.plan(metadata, False, caption, keywords), metadata.sidecar)
+            self.exiftool.apply(self.plan(metadata, False, caption, keywords), metadata.sidecar,
+                                _expected(metadata, metadata.sidecar))
         return embedded and not plan.empty
 
     def plan(self, metadata: FileMetadata, embedded: bool, caption: str, keywords: list[str] | None) -> WritePlan:
@@ -259,7 +318,8 @@ class Captioner:
             changes = plan_repaired_copies(metadata, in_file)
             if changes and not self.options.dry_run:
                 self.check_contained(target, what="" if in_file else "the sidecar: ")
-                self.exiftool.apply(WritePlan(target, in_file, changes), target)
+                self.exiftool.apply(WritePlan(target, in_file, changes), target,
+                                    _expected(metadata, target))
                 done.append(target.name)
         return f"a person edited our caption: its other copies now hold their text ({', '.join(done)})" if done else ""
 
@@ -310,6 +370,8 @@ class Captioner:
         return " " + template.format(LANGUAGES.get(language.lower(), language))
 
 
+_NOT_ASKED = Decision(False, "not asked")
+
 LANGUAGES = {"de": "German", "en": "English", "fr": "French", "es": "Spanish", "it": "Italian", "nl": "Dutch",
              "pt": "Portuguese", "pl": "Polish", "sv": "Swedish", "da": "Danish", "nb": "Norwegian", "no": "Norwegian",
              "fi": "Finnish", "cs": "Czech", "hu": "Hungarian", "ro": "Romanian", "el": "Greek", "tr": "Turkish",
@@ -342,6 +404,11 @@ def check_writable(metadata: FileMetadata, embedded: bool) -> None:
     needed = MINIMUM_FREE_BYTES + (metadata.path.stat().st_size if embedded else 0)
     if disk.f_bavail * disk.f_frsize < needed:
         raise MetadataError(f"no space left on the disk holding {folder}; will try again", transient=True)
+
+
+def _expected(metadata: FileMetadata, target: Path) -> dict[Path, Fingerprint | None]:
+    """Return the fingerprint `target` had when it was read (nothing when it was not fingerprinted)."""
+    return {target: metadata.fingerprints[target]} if target in metadata.fingerprints else {}
 
 
 def _failure(path: Path, error: FileError, prefix: str = "", caption: str = "") -> Outcome:

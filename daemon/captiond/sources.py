@@ -83,9 +83,13 @@ def priority(source: str) -> int:
 
 
 def is_boilerplate(text: str) -> bool:
-    """Return whether text is no caption at all: blank, or a camera's or editor's default text."""
+    """Return whether text is no caption at all: blank, punctuation only, or a camera's or editor's default text.
+
+    A caption of emoji only (category So, "other symbol") is a person's caption.
+    """
     stripped = unicodedata.normalize("NFC", text).strip().strip("\x00").strip()
-    if not stripped or not any(character.isalnum() for character in stripped):
+    if not stripped or not any(character.isalnum() or unicodedata.category(character) == "So"
+                               for character in stripped):
         return True
     return stripped.casefold() in BOILERPLATE or bool(_CAMERA_PATTERN.match(stripped))
 
