@@ -533,7 +533,24 @@ def plan_caption(metadata: FileMetadata, caption: str, provenance: Provenance, e
     changes["XMP-captiond:CaptionTime"] = provenance.time
     if embedded and any(tag.startswith("IPTC:") for tag in changes) and "Photoshop:IPTCDigest" in metadata.original:
         changes["Photoshop:IPTCDigest"] = "new"
-    return WritePlan(metadata.path if embedded else metadata.sidecar, embedded, changes)
+    return WritePlan(metadata.path if embedded else metadata.sidecar, embedded, reencode_iptc(metadata, changes))
+
+
+def reencode_iptc(metadata: FileMetadata, changes: Mapping[str, str | tuple[str, ...]]
+                  ) -> dict[str, str | tuple[str, ...]]:
+    """Return the changes plus, when they switch IPTC to UTF-8, every existing non-ASCII IPTC value again.
+
+    IPTC without CodedCharacterSet is Latin-1; once it says UTF-8, readers decode the old Latin-1 bytes
+    as UTF-8 (a City "München" becomes "M?nchen"). exiftool read the old values correctly, so writing
+    them again in the same command stores them as UTF-8.
+    """
+    if "IPTC:CodedCharacterSet" not in changes:
+        return dict(changes)
+    again: dict[str, str | tuple[str, ...]] = {}
+    for tag, value in metadata.original.items():
+        if tag.startswith("IPTC:") and tag not in changes and not value.isascii():
+            again[tag] = metadata.original_lists.get(tag, value)
+    return {**changes, **again}
 
 
 def plan_keywords(metadata: FileMetadata, labels: list[str], provenance: Provenance,
@@ -570,7 +587,7 @@ def plan_keywords(metadata: FileMetadata, labels: list[str], provenance: Provena
         changes["XMP-captiond:LabelsTime"] = provenance.time
         if embedded and any(tag.startswith("IPTC:") for tag in changes) and "Photoshop:IPTCDigest" in metadata.original:
             changes["Photoshop:IPTCDigest"] = "new"
-    return changes
+    return reencode_iptc(metadata, changes)
 
 
 def _unique(keywords: tuple[str, ...]) -> list[str]:
@@ -773,6 +790,8 @@ class Exiftool:
         temporary = directory / f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{suffix}"
         assignments = _assignments(plan.tags)
         before = _stat_or_none(source)
+        if before is not None:
+            _refuse_unwritable(source, "the photo" if plan.embedded else "the sidecar")
         packet = new_sidecar_xmp(plan.tags) if before is None and not plan.embedded else None
         if packet is not None:
             self._write_new_sidecar(plan.target, temporary, packet, expected)
@@ -795,8 +814,8 @@ class Exiftool:
                 raise MetadataError(f"exiftool could not write: {reason}", str(plan.target))
             if (before is not None and _stat_or_none(source) != before) or not unchanged(expected):
                 raise ChangedMeanwhile("the file changed while its metadata was written", str(plan.target))
-            if before is not None and plan.embedded:
-                _copy_ownership(source, temporary)
+            if before is not None:
+                _keep_attributes(source, temporary)
             _fsync(temporary)
             _refuse_special(plan.target, "the photo" if plan.embedded else "the sidecar")
             os.replace(temporary, plan.target)
@@ -936,7 +955,8 @@ def _text(output: str | bytes) -> str:
 def _lists(record: Mapping[str, object]) -> dict[str, tuple[str, ...]]:
     """Return the list-type tags of exiftool's JSON record as tuples (a single item arrives as a scalar)."""
     lists = {}
-    for tag in LIST_TAGS:
+    iptc_lists = {key for key, value in record.items() if key.startswith("IPTC:") and isinstance(value, list)}
+    for tag in LIST_TAGS | iptc_lists:
         value = record.get(tag)
         if value is None:
             continue
@@ -989,11 +1009,63 @@ def _low_on_space(directory: Path, original: Path | None) -> bool:
     return disk.f_bavail * disk.f_frsize < needed
 
 
-def _copy_ownership(source: Path, destination: Path) -> None:
-    status = source.stat()
-    os.chmod(destination, status.st_mode & 0o7777)
-    with contextlib.suppress(OSError):  # not permitted, or an owner unknown here (user namespaces)
-        os.chown(destination, status.st_uid, status.st_gid)
+def _refuse_unwritable(path: Path, what: str) -> None:
+    """Raise a MetadataError unless this process could write the file in place (access, not only mode bits).
+
+    Replacing it by a rename needs only a writable folder: without this, an ordinary user would replace,
+    and take over, a photo owned by someone else.
+    """
+    if not os.access(path, os.W_OK) or not os.stat(path).st_mode & 0o222:
+        raise MetadataError(f"{what} is not writable by captiond (owner or permissions): not changed")
+
+
+def _overflow_id(kind: str) -> int:
+    """Return the id the kernel shows for an owner not mapped into this user namespace (65534 by default)."""
+    try:
+        return int(Path(f"/proc/sys/kernel/overflow{kind}").read_text().strip())
+    except (OSError, ValueError):
+        return 65534
+
+
+def _keep_attributes(original: Path, replacement: Path) -> None:
+    """Give the file that replaces `original` its owner, group, mode and every extended attribute.
+
+    Extended attributes hold ratings and tags (Dolphin, digiKam: user.*) and POSIX ACLs
+    (system.posix_acl_*); the ACLs are set last, as they also set the mode's group bits. Where the
+    owner cannot be kept (an ordinary user replacing a group-writable photo of someone else), or an
+    attribute cannot be copied, the file is not replaced. Only attributes the system manages itself
+    (security.*, such as SELinux labels) may differ.
+    """
+    status = os.stat(original)
+    try:
+        os.chown(replacement, status.st_uid, status.st_gid)
+    except OSError as exc:
+        unmapped = status.st_uid == _overflow_id("uid") or status.st_gid == _overflow_id("gid")
+        if not unmapped and (status.st_uid, status.st_gid) != (os.geteuid(), os.getegid()):
+            raise MetadataError(f"cannot keep the file's owner ({status.st_uid}:{status.st_gid}): "
+                                f"{exc.strerror or exc}; not changed") from exc
+    os.chmod(replacement, status.st_mode & 0o7777)
+    wanted = _attributes(original)
+    for name in _attributes(replacement):  # inherited from the folder (a default ACL), not the original's
+        if name not in wanted and not name.startswith("security."):
+            os.removexattr(replacement, name)
+    for name, value in sorted(wanted.items(), key=lambda item: item[0].startswith("system.posix_acl")):
+        try:
+            os.setxattr(replacement, name, value)
+        except OSError as exc:
+            if not name.startswith("security."):
+                raise MetadataError(f"cannot keep the extended attribute {name}: {exc.strerror or exc}; "
+                                    "not changed") from exc
+
+
+def _attributes(path: Path) -> dict[str, bytes]:
+    """Return a file's extended attributes ({} where the filesystem has none)."""
+    try:
+        return {name: os.getxattr(path, name) for name in os.listxattr(path)}
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise
 
 
 def _fsync(path: Path) -> None:

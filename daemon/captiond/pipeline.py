@@ -398,6 +398,10 @@ def check_writable(metadata: FileMetadata, embedded: bool) -> None:
     folder = target.parent
     if embedded and not metadata.path.stat().st_mode & 0o222:
         raise MetadataError("the photo is read-only (no write permission bits): not changed")
+    existing = metadata.path if embedded else (metadata.sidecar if metadata.sidecar_exists else None)
+    if existing is not None and (not os.access(existing, os.W_OK) or not existing.stat().st_mode & 0o222):
+        what = "photo" if embedded else "sidecar"
+        raise MetadataError(f"the {what} is not writable by captiond (owner or permissions): not changed")
     if not os.access(folder, os.W_OK):
         raise MetadataError(f"the folder is read-only (no write permission): {printable(str(folder))}")
     disk = os.statvfs(folder)
