@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from captiond import admin
 from captiond.errors import StateError
 from captiond.state import DONE, FAILED, PENDING, QUARANTINED, Stat, StateStore
 from conftest import MODEL, add_fixture, run_captiond, write_config
@@ -163,3 +165,10 @@ def test_run_as_root_over_another_users_library_says_how_to_run_as_its_owner(tmp
     os.chown(originals, 0, 0)
     quiet = run_captiond("run", "--config", tmp_path / "vision.yml", "--originals", originals)
     assert "running as root over" not in quiet.stderr
+
+
+def test_a_user_without_a_name_is_recorded_by_number() -> None:
+    """`docker run --user 1500:1500`: the daemon's uid has no passwd entry, and must still start."""
+    uid = next(number for number in range(1500, 60000) if number not in {entry.pw_uid for entry in pwd.getpwall()})
+    assert admin._user_name(uid) == str(uid)
+    assert admin._user_name(0) == "root"

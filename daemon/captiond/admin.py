@@ -8,7 +8,6 @@ not whatever that shell's environment would pick.
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import logging
 import os
 import pwd
@@ -116,10 +115,11 @@ def act_as_owner(database: Path) -> None:
 
 
 def _user_name(uid: int) -> str:
+    """Return the user's name, or the number of a user without one (`docker run --user 1500`)."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return str(uid) if uid != os.geteuid() else getpass.getuser()
+        return str(uid)
 
 
 def _command_line() -> str:
