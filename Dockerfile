@@ -13,8 +13,10 @@ RUN pip install --no-cache-dir $(python -c "import tomllib; print(' '.join(tomll
 COPY README.md vision.yml.example ./
 COPY daemon ./daemon
 # /state is world-writable (sticky) so that `docker run --user UID:GID` can use a fresh state volume;
-# started as root, the entrypoint hands it to PUID:PGID instead.
-RUN pip install --no-cache-dir --no-deps . && mkdir -p /config /state && chmod 1777 /state
+# started as root, the entrypoint hands it to PUID:PGID instead. /config/vision.yml is the example until a
+# vision.yml is mounted over it, so `docker exec ... captiond status` reads the daemon's config either way.
+RUN pip install --no-cache-dir --no-deps . && mkdir -p /config /state && chmod 1777 /state \
+    && cp vision.yml.example /config/vision.yml
 COPY docker/entrypoint.sh /usr/local/bin/captiond-entrypoint
 
 # PUID/PGID: the owner of the photo library, so sidecars are written as that user.

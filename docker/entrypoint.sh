@@ -18,6 +18,7 @@ if [ "$(id -u)" = "0" ]; then
         useradd --uid "$PUID" --gid "$PGID" --no-create-home --home-dir "$state" --shell /usr/sbin/nologin captiond
     fi
     chown -R "$PUID:$PGID" "$state"
+    chmod 0750 "$state"   # the image's folder is world-writable for --user; the queue is PUID's from now on
     # Docker creates a missing ./originals as an empty root-owned folder: hand it to the library's owner.
     if [ -d "$originals" ] && [ "$PUID" != "0" ] && [ "$(stat -c %u "$originals")" = "0" ] \
             && [ -z "$(ls -A "$originals")" ]; then
@@ -33,13 +34,14 @@ if [ "$(id -u)" = "0" ]; then
     exec gosu "$PUID:$PGID" "$@"
 fi
 
-# Started as --user UID:GID: the state volume must be writable by that user.
-if [ ! -w "$state" ]; then
+# Started as --user UID:GID: the state volume (and its database, if there is one) must be writable by that user.
+writable_state() { [ -w "$state" ] && { [ ! -e "$state/captiond.db" ] || [ -w "$state/captiond.db" ]; }; }
+if ! writable_state; then
     echo "captiond: the state folder $state (owner $(stat -c %u:%g "$state")) is not writable by $(id -u):$(id -g)." \
          "Start without --user and set PUID/PGID instead, or give the volume to that user once:" \
          "docker run --rm --user 0 -v VOLUME:/state --entrypoint chown IMAGE -R $(id -u):$(id -g) /state." \
          "Waiting until it is writable." >&2
     trap 'exit 143' TERM INT
-    while [ ! -w "$state" ]; do sleep 5; done
+    while ! writable_state; do sleep 5; done
 fi
 exec "$@"

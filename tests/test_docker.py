@@ -53,13 +53,20 @@ def test_the_dependency_layer_comes_before_the_files_that_change_often() -> None
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
-def test_a_state_volume_the_user_cannot_write_gets_a_message_and_a_wait_not_a_crash() -> None:
-    """`docker run --user 1500:1500` with a state volume owned by someone else."""
+@pytest.mark.parametrize("foreign", ["folder", "database"])
+def test_a_state_volume_the_user_cannot_write_gets_a_message_and_a_wait_not_a_crash(foreign: str) -> None:
+    """`docker run --user 1500:1500` with a state volume (or its database) owned by someone else."""
     home = Path(tempfile.mkdtemp(prefix="captiond-entrypoint-"))  # not under pytest's root-only folder
     home.chmod(0o755)
     state = home / "state"
-    state.mkdir(mode=0o755)
-    started = state / "started"
+    state.mkdir()
+    state.chmod(0o755 if foreign == "folder" else 0o1777)  # 1777: the image's folder, after a root-started run
+    database = state / "captiond.db"
+    if foreign == "database":
+        database.write_bytes(b"")
+        database.chmod(0o644)
+    started = home / "started"
+    home.chmod(0o777)
     environment = {"PATH": os.environ["PATH"], "STATE_DIRECTORY": str(state), "CAPTIOND_CONFIG": str(ENTRYPOINT),
                    "CAPTIOND_ORIGINALS": str(home)}
     process = subprocess.Popen(["setpriv", "--reuid", "1500", "--regid", "1500", "--clear-groups", "sh",
@@ -70,7 +77,7 @@ def test_a_state_volume_the_user_cannot_write_gets_a_message_and_a_wait_not_a_cr
         message = process.stderr.readline()
         assert "is not writable by 1500:1500" in message and "PUID/PGID" in message
         assert process.poll() is None  # waiting, not exiting into a restart loop
-        os.chown(state, 1500, 1500)
+        os.chown(database if foreign == "database" else state, 1500, 1500)
         assert process.wait(timeout=30) == 0
         assert started.read_text().strip() == "started"
     finally:

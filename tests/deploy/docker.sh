@@ -128,6 +128,8 @@ if [ -n "$DOCKERD_PID" ]; then
     kill "$DOCKERD_PID"; wait "$DOCKERD_PID" 2>/dev/null || true
     start_dockerd
     check "the container comes back after a dockerd restart" wait_until 120 running "$NAME-1"
+    started_twice() { [ "$(docker logs "$NAME-1" 2>&1 | grep -c 'watching /photoprism/originals')" -ge 2 ]; }
+    wait_until 60 started_twice || true   # a SIGTERM before Python installed its handler would end it with 143
 else
     say "skipped: dockerd restart (this script did not start the running dockerd)"
 fi
