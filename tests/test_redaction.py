@@ -77,6 +77,7 @@ def test_redact_hides_every_credential_shape_of_an_address(address: str, secret:
         shown = redact(text)
         assert secret not in shown, shown
         assert MASK in shown
+    assert redact(f"the server at {address}: ok").endswith(": ok")  # the sentence around it stays
 
 
 def test_an_address_without_credentials_is_left_alone() -> None:
@@ -251,3 +252,34 @@ def _wait_for(condition: object, timeout: float = 30.0) -> object:
             return value
         time.sleep(0.05)
     return condition()
+
+
+def test_status_checks_a_redacted_recorded_address_with_the_configurations_credentials(
+        tmp_path: Path, originals: Path) -> None:
+    """The daemon records its addresses redacted; status must not send *** where the token was."""
+    secrets = _secrets()
+    photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    with OllamaEmulator(api_key=secrets["endpoint_key"]) as server:
+        host = server.url.removeprefix("http://")
+        config = tmp_path / "vision.yml"
+        config.write_text(yaml.safe_dump({
+            "Models": [{"Type": "caption", "Model": "qwen2.5vl:3b", "Engine": "ollama", "Service": {"Endpoints": [
+                {"Uri": f"http://{host}/api/generate?token={secrets['query_key']}", "Key": secrets["endpoint_key"]}]}}],
+            "Daemon": {"StateDir": str(tmp_path / "state"), "Settle": 0.2}}))
+        log_path = tmp_path / "watch.log"
+        environment = {**os.environ, "PYTHONPATH": str(SOURCE_ROOT)}
+        with log_path.open("wb") as log_file:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "captiond", "watch", "--config", str(config), "--originals", str(originals)],
+                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment)
+        try:
+            assert _wait_for(lambda: Path(f"{photo}.xmp").exists()), log_path.read_text(errors="replace")
+            status = run_captiond("status", "--config", config)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(60)
+        tokens = [request.path for request in server.requests]
+    assert status.exit_code == 0, status.stderr
+    assert f"on http://{host}/api/generate?token={MASK}: ok" in status.stdout, status.stdout
+    assert tokens  # the emulator saw the requests (it answers 401 to a wrong key)
+    _assert_no_secret(secrets, status.stdout, status.stderr, log_path.read_text(errors="replace"))

@@ -20,11 +20,12 @@ from urllib.parse import quote, unquote
 MASK = "***"
 
 # scheme://USERINFO@ : everything between "://" and the last "@" before the host ends.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s]*)@")
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?P<userinfo>[^/?#\s]*)@")
 # A query (or fragment) parameter whose name says it holds a credential: ?api_key=..., &X-Amz-Signature=...
-_SECRET_NAME = r"[A-Za-z0-9_.\-\[\]]*(?:key|token|secret|passw|pwd|pass|auth|sig|credential|session|cookie)" \
-    r"[A-Za-z0-9_.\-\[\]]*"
-_PARAMETER = re.compile(rf"(?P<lead>[?&;#](?i:{_SECRET_NAME})=)(?P<value>[^&;#\s\"'<>]*)")
+# (punctuation closing a sentence after the address is not part of the value)
+_SECRET_WORD = re.compile(r"key|token|secret|passw|pwd|pass|auth|sig|credential|session|cookie", re.IGNORECASE)
+# Any parameter; its name is checked against _SECRET_WORD (one bounded pass, no backtracking over long names).
+_PARAMETER = re.compile(r"(?P<lead>[?&;#](?P<name>[A-Za-z0-9_.\-\[\]]{1,64})=)(?P<value>[^?&;#\s\"'<>]*)")
 _BEARER = re.compile(r"(?P<lead>(?i:bearer|basic)\s+)(?P<value>[A-Za-z0-9._~+/=-]{8,})")
 
 _lock = threading.Lock()
@@ -54,12 +55,21 @@ def register_uri(uri: str) -> None:
 def redact(text: str) -> str:
     """Return `text` with every credential-shaped part of an address and every registered secret replaced."""
     text = _USERINFO.sub(_redact_userinfo, text)
-    text = _PARAMETER.sub(lambda match: match.group("lead") + (MASK if match.group("value") else ""), text)
+    text = _PARAMETER.sub(_redact_parameter, text)
     text = _BEARER.sub(lambda match: match.group("lead") + MASK, text)
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
+
+
+def _redact_parameter(match: re.Match[str]) -> str:
+    """Mask a parameter's value, keeping punctuation that ends the sentence around the address (`...=***: ok`)."""
+    value = match.group("value")
+    if not _SECRET_WORD.search(match.group("name")):
+        return match[0]
+    secret = value.rstrip(":.,)]")
+    return match.group("lead") + (MASK if secret else "") + value[len(secret):]
 
 
 def _redact_userinfo(match: re.Match[str]) -> str:
