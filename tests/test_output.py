@@ -155,6 +155,11 @@ def test_verbose_keeps_other_libraries_at_info_and_very_verbose_shows_their_debu
     assert "connect_tcp" in very_verbose.stderr  # httpcore's DEBUG lines
 
 
+def _interruptible() -> None:
+    """Give the child a default SIGINT: background jobs of a shell (CI scripts) ignore it, and Python keeps that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signal_number, exit_code, word", [(signal.SIGTERM, 143, "terminated"),
                                                             (signal.SIGINT, 130, "interrupted")])
 def test_sigterm_and_ctrl_c_end_the_run_with_the_summary(
@@ -163,7 +168,8 @@ def test_sigterm_and_ctrl_c_end_the_run_with_the_summary(
     arguments = _library(tmp_path, originals, emulator)
     emulator.default_behaviour = Hang()  # every request waits until the emulator stops
     process = subprocess.Popen([sys.executable, "-m", "captiond", *arguments], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=_environment())
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=_environment(),
+                               preexec_fn=_interruptible)
     try:
         deadline = time.monotonic() + 60
         while not emulator.active and time.monotonic() < deadline and process.poll() is None:
