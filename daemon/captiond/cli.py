@@ -441,7 +441,7 @@ def command_watch(arguments: argparse.Namespace) -> int:
     _originals(config, arguments.originals)
     runs = model_runs(config, arguments.models)
     clients = _clients(runs)
-    state = StateStore(config.daemon.state_dir)
+    state = StateStore(config.daemon.state_dir, rebuild=True)
     abandoned = 0
     try:
         with Exiftool() as exiftool:

@@ -495,7 +495,8 @@ class _Reader:
             prompt=self.string(entry, "Prompt", where, DEFAULT_PROMPTS.get(model_type, "")),
             system=self.string(entry, "System", where, ""),
             format=self.string(entry, "Format", where, ""),
-            normalize=self.string(entry, "Normalize", where, ""),
+            normalize=({False: "false", True: ""}[entry["Normalize"]] if isinstance(entry.get("Normalize"), bool)
+                       else self.string(entry, "Normalize", where, "")),  # `Normalize: false`, as documented
             resolution=self.positive_int(entry, "Resolution", where, 720),
             options=options,
             service=service,

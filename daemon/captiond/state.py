@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -25,6 +26,8 @@ from typing import Any
 
 from .errors import StateError
 from .redaction import redact
+
+log = logging.getLogger(__name__)
 
 PENDING, RUNNING, DONE, FAILED, QUARANTINED = "pending", "running", "done", "failed", "quarantined"
 STATES = (PENDING, RUNNING, DONE, FAILED, QUARANTINED)
@@ -87,7 +90,12 @@ class Stat:
 class StateStore:
     """The SQLite state database; safe to use from several threads (one connection, one lock)."""
 
-    def __init__(self, directory: Path, readonly: bool = False) -> None:
+    def __init__(self, directory: Path, readonly: bool = False, rebuild: bool = False) -> None:
+        """Open (or create) the database; with `rebuild`, a corrupt one is set aside and a new one made.
+
+        The daemon rebuilds: its first rescan queues every photo again, and photos already captioned are
+        recognised by their captions (an exiftool read each, no model request).
+        """
         self.path = directory / DATABASE_NAME
         self._lock = threading.RLock()
         try:
@@ -96,13 +104,37 @@ class StateStore:
                                                    timeout=10)
             else:
                 directory.mkdir(parents=True, exist_ok=True)
-                self._connection = sqlite3.connect(self.path, check_same_thread=False, timeout=30,
-                                                   isolation_level=None)
-                self._connection.execute("PRAGMA journal_mode=WAL")
-                self._connection.execute("PRAGMA synchronous=NORMAL")
-                self._connection.executescript(_SCHEMA)
+                try:
+                    self._connection = self._open_writable()
+                except sqlite3.DatabaseError as exc:
+                    if not rebuild or isinstance(exc, sqlite3.OperationalError):  # permissions, read-only: not ours
+                        raise
+                    aside = self._set_aside()
+                    log.error("the state database %s is corrupt (%s): moved to %s, starting a new one", self.path,
+                              exc, aside)
+                    self._connection = self._open_writable()
         except (sqlite3.Error, OSError) as exc:
             raise StateError(f"cannot open the state database {self.path}: {exc}") from exc
+
+    def _open_writable(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.executescript(_SCHEMA)
+            connection.execute("SELECT COUNT(*) FROM files").fetchone()
+        except sqlite3.Error:
+            connection.close()
+            raise
+        return connection
+
+    def _set_aside(self) -> Path:
+        """Rename the database and its WAL files to `captiond.db.corrupt-TIME`; return the new name."""
+        aside = self.path.with_name(f"{DATABASE_NAME}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            with suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+        return aside
 
     def close(self) -> None:
         """Close the database."""

@@ -223,3 +223,41 @@ class LabelsDaemon(Daemon):
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "captiond", "watch", "--config", str(config), "--originals", str(originals),
                  *extra], stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment())
+
+
+@records_failures
+def test_a_corrupt_state_database_is_set_aside_and_rebuilt(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Figure: `captiond watch` started on a state database that is not a database (garbage bytes) moves it
+    aside as `captiond.db.corrupt-TIME`, says so in the log, builds a new one and captions every photo
+    (before, it exited with code 2 at every restart)."""
+    photos = make_photos(tmp_path / "originals", 4)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "captiond.db").write_bytes(b"this is not an SQLite database\n" * 200)
+    with OllamaEmulator() as emulator, daemons() as started:
+        config = write_config(tmp_path, emulator.url)
+        daemon = Daemon(config, tmp_path / "originals", tmp_path / "daemon.log")
+        started.append(daemon)
+        done = wait_for(lambda: not daemon.alive() or all(
+            rows_so_far(tmp_path).get(str(photo), {}).get("state") == "done" for photo in photos), timeout=120)
+        alive = daemon.alive()
+        exit_code = daemon.stop()
+    problems = Problems()
+    problems.expect(done and alive and exit_code == 0, f"the daemon did not rebuild its database (exit {exit_code})")
+    problems.expect(list((tmp_path / "state").glob("captiond.db.corrupt-*")), "the corrupt database was not kept")
+    problems.expect("corrupt" in daemon.log(), "the log does not say the database was corrupt")
+    REPORT.record(request, problems=list(problems))
+    problems.assert_none(daemon.log()[-3000:])
+
+
+def test_normalize_false_is_accepted_as_documented(tmp_path: Path) -> None:
+    """`Normalize: false` (a YAML boolean, as the README writes it) is a valid labels setting."""
+    photos = make_photos(tmp_path / "originals", 1)
+    with OllamaEmulator() as emulator:
+        config = write_config(tmp_path, emulator.url)
+        document = yaml.safe_load(config.read_text())
+        document["Models"][1]["Normalize"] = False
+        config.write_text(yaml.safe_dump(document))
+        result = subprocess.run([sys.executable, "-m", "captiond", "run", "--config", str(config), "--originals",
+                                 str(photos[0].parent.parent), "-m", "labels", "--dry-run"], capture_output=True,
+                                text=True, timeout=120, env=environment(), stdin=subprocess.DEVNULL, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
