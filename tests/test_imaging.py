@@ -17,7 +17,7 @@ import pytest
 from PIL import ExifTags, Image, ImageChops, ImageCms, ImageOps, ImageStat
 
 from captiond.errors import ImageError
-from captiond.imaging import PreparedImage, prepare_bytes, prepare_file
+from captiond.imaging import PreparedImage, best_preview, prepare_bytes, prepare_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ORIENTATION = FIXTURES / "orientation"
@@ -230,15 +230,31 @@ def test_a_raw_preview_is_prepared_upright_with_the_raw_files_orientation(tmp_pa
     rotated = prepare_bytes(preview, 720, orientation=6)
     upside_down = prepare_bytes(preview, 720, orientation=3)
 
-    assert (plain.width, plain.height) == (normal.width, normal.height) == (160, 120)
-    assert (rotated.width, rotated.height) == (120, 160)
-    assert (upside_down.width, upside_down.height) == (160, 120)
+    assert (plain.width, plain.height) == (normal.width, normal.height) == (480, 360)
+    assert (rotated.width, rotated.height) == (360, 480)
+    assert (upside_down.width, upside_down.height) == (480, 360)
     # Orientation 6 means "turn 90 degrees clockwise to view": its result turned back must match the plain one.
     turned_back = open_jpeg(rotated).transpose(Image.Transpose.ROTATE_90)
     assert difference(fingerprint(turned_back), fingerprint(open_jpeg(plain))) < 15
     flipped_back = open_jpeg(upside_down).transpose(Image.Transpose.ROTATE_180)
     assert difference(fingerprint(flipped_back), fingerprint(open_jpeg(plain))) < 15
     assert_no_metadata(rotated)
+
+
+def test_the_preview_with_the_most_pixels_is_chosen_and_a_tiny_one_is_no_usable_preview() -> None:
+    def jpeg(width: int, height: int, quality: int) -> bytes:
+        buffer = io.BytesIO()
+        noise = random.Random(width).randbytes(width * height * 3)
+        Image.frombytes("RGB", (width, height), noise).save(buffer, format="JPEG", quality=quality)
+        return buffer.getvalue()
+
+    heavy_but_tiny, light_but_large = jpeg(64, 48, 100), jpeg(320, 240, 5)
+    assert len(heavy_but_tiny) > len(light_but_large) // 2
+    assert best_preview([b"\xff\xd8\xff\xdb placeholder", heavy_but_tiny, light_but_large]) == light_but_large
+    with pytest.raises(ImageError, match=r"no usable preview: the largest embedded preview is 255x100 pixels"):
+        best_preview([jpeg(255, 100, 90), jpeg(8, 8, 90)])
+    with pytest.raises(ImageError, match="no usable preview: the RAW file holds no embedded preview"):
+        best_preview([b"", b"not an image"])
 
 
 def test_an_empty_raw_preview_is_an_image_error() -> None:

@@ -177,6 +177,24 @@ def test_embedded_mode_writes_into_jpeg_but_raw_gets_a_sidecar(
         "DNG_with_preview.dng", "DNG_with_preview.dng.xmp", "Konica_Minolta_DiMAGE_Z3.jpg"]
 
 
+def test_every_corpus_raw_kind_is_captioned_or_says_it_has_no_usable_preview(
+        tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
+    kinds = ["CanonRaw.cr2", "CanonRaw.cr3", "Nikon.nef", "Minolta.mrw", "FujiFilm.raf", "Panasonic.rw2"]
+    for name in kinds:
+        add_fixture(originals, name, f"raw-{name}")  # Nikon.nef's caption is a person's: skipped
+    usable = add_fixture(originals, "DNG_with_preview.dng")
+    config = write_config(tmp_path, emulator.url)
+
+    result = run(config, originals)
+
+    assert "captioned 1, skipped 1, failed 5" in result.stdout, result.stdout
+    for name in kinds:
+        assert name == "Nikon.nef" or f"raw-{name}: no usable preview" in result.stdout
+    # FujiFilm.raf: its 12 kB PreviewImage is 8x8 pixels, the 9 kB thumbnail 160x120: both too small.
+    assert "raw-FujiFilm.raf: no usable preview: the largest embedded preview is 160x120 pixels" in result.stdout
+    assert caption_of(usable).startswith("A photo with a calm scene")
+
+
 def test_dry_run_asks_and_writes_nothing(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     add_fixture(originals, "Canon_PowerShot_S40.jpg")
     add_fixture(originals, "no_exif.jpg")
@@ -221,7 +239,7 @@ def test_broken_files_fail_with_a_reason_and_the_run_goes_on(
     assert "empty.jpg: empty file (0 bytes)" in result.stdout
     assert "notes.jpg: not an image" in result.stdout
     assert "truncated.jpg: corrupt or truncated image" in result.stdout
-    assert "nopreview.cr2: no embedded preview image" in result.stdout
+    assert "nopreview.cr2: no usable preview" in result.stdout
     assert caption_of(good).startswith("A photo with a calm scene")
 
 

@@ -237,3 +237,24 @@ def test_embedded_mode_also_updates_an_existing_sidecar(tmp_path: Path, original
     assert tag_list(sidecar, "XMP-lr:HierarchicalSubject") == ["People|Grandma", "Ferris", "Sky"]
     assert tag_list(sidecar, "XMP-dc:Subject") == ["Grandma", "Ferris", "Sky"]
     assert "captioned 0, labelled 0, skipped 1" in run(config, originals, "-m", "caption,labels").stdout
+
+
+@pytest.mark.parametrize(("caption", "in_exif"), [("A quiet harbour at dawn.", True),
+                                                  ("Ein ruhiger Hafen im Morgengrauen, Möwen über dem Kai.", False),
+                                                  ("夜明けの静かな港。", False)])
+def test_exif_image_description_holds_only_ascii_captions(tmp_path: Path, originals: Path, emulator: OllamaEmulator,
+                                                           caption: str, in_exif: bool) -> None:
+    from PIL import Image
+
+    photo = add_fixture(originals, "Konica_Minolta_DiMAGE_Z3.jpg")  # "KONICA MINOLTA DIGITAL CAMERA" in EXIF
+    emulator.reply = lambda body: caption
+    config = write_config(tmp_path, emulator.url, daemon={"Write": "embedded"})
+
+    assert run(config, originals).exit_code == 0
+
+    tags = read_tags(photo, "XMP-dc:Description", "IFD0:ImageDescription")
+    assert tags["XMP-dc:Description"] == caption
+    with Image.open(photo) as image:  # Pillow reads the ASCII field as the standard says
+        assert image.getexif().get(0x010E) == (caption if in_exif else None)
+    assert tags.get("IFD0:ImageDescription") == (caption if in_exif else None)
+    assert "captioned 0, skipped 1" in run(config, originals).stdout

@@ -1,8 +1,8 @@
 """Open any supported image, orient it, downscale it and encode the small JPEG sent to the model.
 
 The JPEG carries no metadata at all: no GPS position, camera serial or file name leaves the machine.
-RAW files are not decoded here: metadata.py extracts their largest embedded preview, which
-arrives as bytes together with the RAW file's orientation.
+RAW files are not decoded here: metadata.py extracts their embedded previews, `best_preview` picks
+the one with the most pixels, which is prepared together with the RAW file's orientation.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ MAX_PIXELS = 250_000_000
 # decoded at full size, which would take gigabytes of memory.
 MAX_FULL_DECODE_PIXELS = 120_000_000
 JPEG_QUALITY = 85
+# A RAW preview smaller than this on its long side is no usable picture of the photo.
+MIN_PREVIEW_SIDE = 256
 
 # We check sizes ourselves (above), so Pillow's own bomb warning is noise; its hard error stays.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -82,6 +84,30 @@ def prepare_file(path: Path, resolution: int) -> PreparedImage:
         raise error.for_file(str(path)) from error.__cause__
     except OSError as exc:
         raise ImageError(f"cannot read: {exc.strerror or exc}", str(path)) from exc
+
+
+def best_preview(previews: list[bytes]) -> bytes:
+    """Return the embedded preview with the most pixels; raise ImageError when none is usable.
+
+    RAW files carry several previews (PreviewImage, JpgFromRaw, OtherImage, ThumbnailImage) and the
+    largest in bytes is not always the largest in pixels (a RAF's 12 kB PreviewImage is 8x8 pixels).
+    A preview under MIN_PREVIEW_SIDE pixels on its long side tells a model nothing: no usable preview.
+    """
+    sized = []
+    for data in previews:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                sized.append((image.width * image.height, image.width, image.height, data))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+            continue  # cameras leave placeholders of a few bytes where a preview could be
+    if not sized:
+        raise ImageError("no usable preview: the RAW file holds no embedded preview image, and captiond does not "
+                         "decode RAW data itself")
+    _, width, height, data = max(sized, key=lambda item: item[0])
+    if max(width, height) < MIN_PREVIEW_SIDE:
+        raise ImageError(f"no usable preview: the largest embedded preview is {width}x{height} pixels (under "
+                         f"{MIN_PREVIEW_SIDE} on its long side), and captiond does not decode RAW data itself")
+    return data
 
 
 def prepare_bytes(data: bytes, resolution: int, orientation: int | None = None) -> PreparedImage:

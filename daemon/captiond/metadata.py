@@ -15,6 +15,7 @@ A crash leaves at worst that temporary file, which `remove_stale_temporaries` de
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import errno
@@ -96,11 +97,14 @@ READ_TAGS = (
     "-XMP-tiff:ImageDescription", "-XMP-captiond:all", "-IFD0:Orientation", "-File:FileType",
     "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", "-ExifIFD:DateTimeOriginal", "-XMP-exif:DateTimeOriginal",
     "-XMP-photoshop:DateCreated", "-IFD0:Make", "-IFD0:Model", "-XMP-digiKam:TagsList", "-File:Comment",
-    "-PNG:Comment", "-ExifIFD:UserComment",
+    "-PNG:Comment", "-ExifIFD:UserComment", "-XMP-microsoft:LastKeywordXMP",
     *(f"-{tag}" for tag in PREVIEW_TAGS),
 )
 LIST_TAGS = frozenset({"XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "IPTC:Keywords", "XMP-captiond:AddedKeywords",
-                       "XMP-digiKam:TagsList"})
+                       "XMP-digiKam:TagsList", "XMP-microsoft:LastKeywordXMP"})
+# Keyword paths that digiKam (and for TagsList, Immich) read before lr:hierarchicalSubject and dc:subject
+# (digiKam: dmetadatasettingscontainer.cpp, defaultTagValues): continued wherever they exist.
+FIRST_READ_HIERARCHIES = {"XMP-digiKam:TagsList": "/", "XMP-microsoft:LastKeywordXMP": "/"}
 IPTC_KEYWORD_BYTES = 64
 IPTC_CAPTION_BYTES = 2000
 # exiftool cannot write these to a new file with -o ("Can't write RIFF files"): we copy the original
@@ -516,8 +520,12 @@ def plan_caption(metadata: FileMetadata, caption: str, provenance: Provenance, e
     caption = inert(caption)
     wanted: dict[str, str] = {"XMP-dc:Description": caption}
     current = metadata.original if embedded else metadata.sidecar_tags
-    if embedded:
+    if embedded and caption.isascii():
         wanted["IFD0:ImageDescription"] = caption
+    elif embedded and "IFD0:ImageDescription" in metadata.original:
+        # EXIF ImageDescription is an ASCII field: UTF-8 there shows as mojibake in Pillow and others.
+        # Readers fall back to XMP dc:description, which holds the caption; an old text must not stay.
+        wanted["IFD0:ImageDescription"] = ""
         if metadata.has_iptc:
             wanted["IPTC:Caption-Abstract"] = truncate_bytes(caption, IPTC_CAPTION_BYTES)
             if not caption.isascii():
@@ -573,10 +581,10 @@ def plan_keywords(metadata: FileMetadata, labels: list[str], provenance: Provena
         "XMP-lr:HierarchicalSubject": _complete_hierarchy(hierarchical, ours_before, persons, added, "|"),
         "XMP-captiond:AddedKeywords": tuple(added), "XMP-captiond:LabelsSource": inert(provenance.source),
         "XMP-captiond:LabelsModel": inert(provenance.model)}
-    tags_list = metadata.visible_list("XMP-digiKam:TagsList", in_sidecar=not embedded)
-    if tags_list is not None:
-        # digiKam and Immich read their TagsList before any other keyword tag: keep everything there too.
-        wanted["XMP-digiKam:TagsList"] = _complete_hierarchy(list(tags_list), ours_before, persons, added, "/")
+    for tag, separator in FIRST_READ_HIERARCHIES.items():
+        entries = metadata.visible_list(tag, in_sidecar=not embedded)
+        if entries is not None:  # read before any other keyword tag: it gets everything too
+            wanted[tag] = _complete_hierarchy(list(entries), ours_before, persons, added, separator)
     if embedded and metadata.has_iptc:
         wanted["IPTC:Keywords"] = tuple(truncate_bytes(keyword, IPTC_KEYWORD_BYTES) for keyword in keywords)
         if not all(keyword.isascii() for keyword in keywords):
@@ -745,16 +753,18 @@ class Exiftool:
         return FileMetadata(path, sidecar, sidecar_exists, original, _flatten(sidecar_record),
                             _lists(records[0]), _lists(sidecar_record), read_others, before)
 
-    def extract_preview(self, metadata: FileMetadata) -> bytes:
-        """Return the largest embedded preview image of a RAW file (empty if it has none)."""
-        sizes = metadata.preview_sizes()
-        if not sizes:
-            return b""
-        tag = max(sizes, key=lambda key: sizes[key])
+    def extract_previews(self, metadata: FileMetadata) -> list[bytes]:
+        """Return every embedded preview image of a RAW file (in one exiftool call; empty if it has none)."""
+        if not metadata.preview_sizes():
+            return []
         with self._argument_path(metadata.path) as argument:
-            _, output, _ = self.run("-b", f"-{tag}", argument, raw=True)
-        assert isinstance(output, bytes)
-        return output
+            _, output, _ = self.run("-j", "-a", "-b", "-fast", *(f"-{tag}" for tag in PREVIEW_TAGS), argument)
+        try:
+            records = json.loads(output or "[]")
+        except json.JSONDecodeError:
+            return []
+        return [base64.b64decode(value[len("base64:"):]) for value in (records[0] if records else {}).values()
+                if isinstance(value, str) and value.startswith("base64:")]
 
     def _write_new_sidecar(self, target: Path, temporary: Path, packet: bytes,
                            expected: Mapping[Path, Fingerprint | None]) -> None:
@@ -831,16 +841,17 @@ class Exiftool:
 _NEW_SIDECAR_TAGS: dict[str, tuple[str, str, str]] = {
     "XMP-dc:Description": ("dc", "description", "alt"),
     "XMP-tiff:ImageDescription": ("tiff", "ImageDescription", "alt"),
-    "XMP-dc:Subject": ("dc", "subject", "bag"),
+    "XMP-dc:Subject": ("dc", "subject", "seq"),  # a Seq for PhotoPrism (see exiftool.config)
     "XMP-lr:HierarchicalSubject": ("lr", "hierarchicalSubject", "bag"),
     **{f"XMP-captiond:{name}": ("captiond", name, "text") for name in (
         "CaptionSource", "CaptionModel", "CaptionTime", "CaptionHash", "LabelsSource", "LabelsModel", "LabelsTime")},
     "XMP-captiond:AddedKeywords": ("captiond", "AddedKeywords", "bag"),
     "XMP-digiKam:TagsList": ("digiKam", "TagsList", "seq"),
+    "XMP-microsoft:LastKeywordXMP": ("MicrosoftPhoto", "LastKeywordXMP", "bag"),
 }
 _NAMESPACES = {"dc": "http://purl.org/dc/elements/1.1/", "tiff": "http://ns.adobe.com/tiff/1.0/",
                "lr": "http://ns.adobe.com/lightroom/1.0/", "captiond": "http://ns.captiond.app/xmp/1.0/",
-               "digiKam": "http://www.digikam.org/ns/1.0/"}
+               "digiKam": "http://www.digikam.org/ns/1.0/", "MicrosoftPhoto": "http://ns.microsoft.com/photo/1.0/"}
 
 
 def new_sidecar_xmp(tags: Mapping[str, str | tuple[str, ...]]) -> bytes | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from .captions import clean_caption
 from .config import Config, ModelConfig
 from .errors import AnswerError, ChangedMeanwhile, FileError, MetadataError, ModelSetupError
-from .imaging import PreparedImage, is_raw, prepare_bytes, prepare_file
+from .imaging import PreparedImage, best_preview, is_raw, prepare_bytes, prepare_file
 from .labels import LABEL_SYSTEM, LABEL_SYSTEM_PHRASE, LABELS_SCHEMA, SCHEMA_INSTRUCTIONS, parse_labels, select_labels
 from .library import containment_problem, printable
 from .metadata import (
@@ -192,10 +192,10 @@ class Captioner:
         return resolve_source(self.options.source, self.runs[kind].model.service.request_format)
 
     def prepare(self, metadata: FileMetadata, resolution: int) -> PreparedImage:
-        """Return the JPEG for the model(s): decoded from the file, or from a RAW file's largest preview."""
+        """Return the JPEG for the model(s): decoded from the file, or from a RAW file's largest preview in pixels."""
         if is_raw(metadata.path):
             started = time.perf_counter()
-            preview = self.exiftool.extract_preview(metadata)
+            preview = best_preview(self.exiftool.extract_previews(metadata))
             image = prepare_bytes(preview, resolution, metadata.orientation)
             return dataclasses.replace(image, decode_seconds=time.perf_counter() - started - image.encode_seconds)
         return prepare_file(metadata.path, resolution)
