@@ -477,7 +477,7 @@ def memory(settings: Settings, folders: Folders) -> BenchmarkResult:
 
 def prepare_times(settings: Settings, folders: Folders) -> BenchmarkResult:
     """B6: captiond's own functions, in this process: a 12 MP HEIC, a RAW with a 12 MP preview, a 12 MP JPEG."""
-    from captiond.imaging import prepare_bytes, prepare_file
+    from captiond.imaging import best_preview, prepare_bytes, prepare_file
     from captiond.metadata import Exiftool
 
     result = BenchmarkResult("B6", "preparing HEIC and RAW")
@@ -492,15 +492,16 @@ def prepare_times(settings: Settings, folders: Folders) -> BenchmarkResult:
     timings["jpeg_prepare"] = median_seconds(lambda: prepare_file(jpeg, RESOLUTION), repetitions)
     with Exiftool() as exiftool:
         metadata = exiftool.read(raw)
-        preview = exiftool.extract_preview(metadata)
+        preview = best_preview(exiftool.extract_previews(metadata))
         timings["raw_read"] = median_seconds(lambda: exiftool.read(raw), repetitions)
-        timings["raw_extract_preview"] = median_seconds(lambda: exiftool.extract_preview(metadata), repetitions)
+        timings["raw_extract_preview"] = median_seconds(
+            lambda: best_preview(exiftool.extract_previews(metadata)), repetitions)
         timings["raw_prepare_preview"] = median_seconds(
             lambda: prepare_bytes(preview, RESOLUTION, metadata.orientation), repetitions)
 
         def whole_raw() -> None:
             read = exiftool.read(raw)
-            prepare_bytes(exiftool.extract_preview(read), RESOLUTION, read.orientation)
+            prepare_bytes(best_preview(exiftool.extract_previews(read)), RESOLUTION, read.orientation)
 
         timings["raw_total"] = median_seconds(whole_raw, repetitions)
     milliseconds = {name: round(seconds * 1000, 1) for name, seconds in timings.items()}
