@@ -520,12 +520,13 @@ def plan_caption(metadata: FileMetadata, caption: str, provenance: Provenance, e
     caption = inert(caption)
     wanted: dict[str, str] = {"XMP-dc:Description": caption}
     current = metadata.original if embedded else metadata.sidecar_tags
-    if embedded and caption.isascii():
-        wanted["IFD0:ImageDescription"] = caption
-    elif embedded and "IFD0:ImageDescription" in metadata.original:
-        # EXIF ImageDescription is an ASCII field: UTF-8 there shows as mojibake in Pillow and others.
-        # Readers fall back to XMP dc:description, which holds the caption; an old text must not stay.
-        wanted["IFD0:ImageDescription"] = ""
+    if embedded:
+        if caption.isascii():
+            wanted["IFD0:ImageDescription"] = caption
+        elif "IFD0:ImageDescription" in metadata.original:
+            # EXIF ImageDescription is an ASCII field: UTF-8 there shows as mojibake in Pillow and others.
+            # Readers fall back to XMP dc:description, which holds the caption; an old text must not stay.
+            wanted["IFD0:ImageDescription"] = ""
         if metadata.has_iptc:
             wanted["IPTC:Caption-Abstract"] = truncate_bytes(caption, IPTC_CAPTION_BYTES)
             if not caption.isascii():
