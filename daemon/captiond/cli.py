@@ -30,6 +30,7 @@ from .admin import (
 from .config import Config, ModelConfig, find_config_file, load_config
 from .endpoints import EndpointPool
 from .errors import CaptiondError, ConfigError, ModelSetupError, UsageError
+from .ignore import IgnoreRules
 from .library import parse_filter, printable, scan
 from .metadata import Exiftool
 from .model import ModelClient
@@ -243,7 +244,7 @@ def command_run(arguments: argparse.Namespace) -> int:
             captioner = Captioner(config, runs, exiftool, options)
             unlisted: list[Outcome] = []
             paths = list(scan(originals, terms, lambda folder, reason: unlisted.append(
-                Outcome(folder, FAILED, reason))))
+                Outcome(folder, FAILED, reason)), IgnoreRules(originals, config.daemon.exclude)))
             if terms and not paths:
                 log.warning("no photos under %s match %s", originals, " ".join(arguments.filters))
             summary = Summary(originals, labels="labels" in runs, total=len(paths) + len(unlisted))

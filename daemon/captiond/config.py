@@ -78,7 +78,7 @@ THRESHOLD_KEYS = frozenset({"Confidence", "Topicality", "NSFW", "NSFWUpload", "N
 DAEMON_KEYS = frozenset(
     {
         "Originals", "Write", "SidecarName", "StateDir", "Parallel", "Timeout", "MaxLength", "MaxAnswerBytes",
-        "Settle", "Rescan", "Watcher", "PollInterval", "Listen", "Retry", "Language",
+        "Settle", "Rescan", "Watcher", "PollInterval", "Listen", "Retry", "Language", "Exclude",
     }
 )
 RETRY_KEYS = frozenset({"Attempts", "Delay", "MaxDelay", "Total"})
@@ -202,6 +202,7 @@ class DaemonConfig:
     listen: str = ""
     language: str = ""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -417,6 +418,17 @@ class _Reader:
             except yaml.YAMLError:
                 value = text
         return value
+
+    def strings(self, mapping: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+        """Return a list of texts (one text is a list of one)."""
+        value = mapping.get(key)
+        items = [value] if isinstance(value, str) else value if isinstance(value, list) else None
+        if value is None:
+            return ()
+        if items is None or not all(isinstance(item, str) for item in items):
+            self.problem(f"{where}.{key}", f"expected a list of texts, got {_kind(value)}")
+            return ()
+        return tuple(self.string({key: item}, key, where, "") for item in items)
 
     def boolean(self, mapping: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
         value = self.value(mapping, key, where)
@@ -658,6 +670,7 @@ class _Reader:
             poll_interval=self.duration(mapping, "PollInterval", where, 30.0) or 30.0,
             listen=self.listen(mapping, where),
             language=self.string(mapping, "Language", where, "").strip(),
+            exclude=self.strings(mapping, "Exclude", where),
             retry=RetryPolicy(
                 attempts=self.positive_int(retry, "Attempts", f"{where}.Retry", defaults.attempts),
                 delay=self.duration(retry, "Delay", f"{where}.Retry", defaults.delay),

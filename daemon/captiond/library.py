@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
+from .ignore import IGNORE_FILE, STORAGE_FILE, IgnoreRules
 from .imaging import SUPPORTED_EXTENSIONS
 from .metadata import TEMPORARY_PREFIX, remove_stale_temporaries
 
@@ -121,25 +122,32 @@ def containment_problem(originals: Path, path: Path, *, folder: bool = False, mi
 
 
 def scan(originals: Path, terms: Sequence[FilterTerm] = (),
-         on_error: Callable[[Path, str], None] | None = None) -> Iterator[Path]:
+         on_error: Callable[[Path, str], None] | None = None, rules: IgnoreRules | None = None) -> Iterator[Path]:
     """Yield every photo under the originals folder that matches the filter, in a stable order.
 
     Hidden files and folders are skipped, symlinks are never followed (they may point outside the
     library or form loops) and only regular files are yielded (see containment_problem). Our own
     temporary files left by an interrupted write are removed on the way.
+    `.ppignore` files and Daemon.Exclude (`rules`) are honoured as PhotoPrism does (see ignore.py).
     """
-    for entry in scan_entries(originals, originals, terms, on_error):
+    for entry in scan_entries(originals, originals, terms, on_error, rules):
         yield Path(entry.path)
 
 
 def scan_entries(originals: Path, top: Path, terms: Sequence[FilterTerm] = (),
-                 on_error: Callable[[Path, str], None] | None = None) -> Iterator[os.DirEntry[str]]:
+                 on_error: Callable[[Path, str], None] | None = None,
+                 rules: IgnoreRules | None = None) -> Iterator[os.DirEntry[str]]:
     """Yield the directory entries of every photo under `top` (see scan); their stat is cached by os.scandir."""
     if not top.is_dir():
         raise UsageError(f"originals folder not found: {top}")
-    stack = [top]
+    rules = rules or IgnoreRules(originals)
+    top_patterns = rules.patterns_for(top)
+    if top_patterns is None:
+        return
+    relative_top = os.path.relpath(top, originals)
+    stack = [(top, "" if relative_top == "." else Path(relative_top).as_posix(), top_patterns)]
     while stack:
-        directory = stack.pop()
+        directory, relative, patterns = stack.pop()
         try:
             with os.scandir(directory) as iterator:
                 entries = sorted(iterator, key=lambda entry: entry.name)
@@ -149,17 +157,21 @@ def scan_entries(originals: Path, top: Path, terms: Sequence[FilterTerm] = (),
             else:
                 log.error("cannot list %s: %s", printable(str(directory)), exc.strerror or exc)
             continue
+        if directory != top and any(entry.name == STORAGE_FILE for entry in entries):
+            continue  # PhotoPrism's marker of a storage folder inside the originals
         remove_stale_temporaries(directory, [entry.name for entry in entries
                                              if entry.name.startswith(TEMPORARY_PREFIX)])
+        if directory != top and any(entry.name == IGNORE_FILE for entry in entries):
+            patterns = [*patterns, *rules.folder_patterns(directory, relative)]
         subdirectories = []
         for entry in entries:
-            if entry.name.startswith("."):
+            if rules.name_ignored(patterns, relative, entry.name):
                 continue
             try:
                 if entry.is_symlink():
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    subdirectories.append(Path(entry.path))
+                    subdirectories.append((Path(entry.path), f"{relative}/{entry.name}".lstrip("/"), patterns))
                     continue
                 if not entry.is_file(follow_symlinks=False):  # a FIFO, device or socket
                     continue
@@ -170,7 +182,7 @@ def scan_entries(originals: Path, top: Path, terms: Sequence[FilterTerm] = (),
             if not terms:
                 yield entry
                 continue
-            relative = Path(entry.path).relative_to(originals).as_posix()
-            if any(term.matches(relative, entry.name) for term in terms):
+            file_relative = Path(entry.path).relative_to(originals).as_posix()
+            if any(term.matches(file_relative, entry.name) for term in terms):
                 yield entry
         stack.extend(reversed(subdirectories))

@@ -23,6 +23,7 @@ from pathlib import Path
 from .config import Config
 from .errors import ModelSetupError, ServerUnreachable
 from .health import HealthServer, Metrics, SystemdNotifier
+from .ignore import IgnoreRules
 from .library import containment_problem, printable, scan_entries
 from .model import ModelClient
 from .pipeline import CAPTIONED, FAILED, Captioner, Outcome, describe_outcome
@@ -50,6 +51,7 @@ class WatchService:
         assert config.daemon.originals is not None
         self.config = config
         self.originals = config.daemon.originals
+        self.ignore = IgnoreRules(self.originals, config.daemon.exclude)
         self.captioner = captioner
         self.clients = clients
         self.state = state
@@ -173,8 +175,9 @@ class WatchService:
     def _enqueue_paths(self, paths: list[Path], not_before: float) -> None:
         items, gone = [], []
         for path in paths:
-            stat = Stat.of(path) if containment_problem(self.originals, path) is None else None
-            if stat is None:  # gone, or no longer a regular file inside the originals: forgotten
+            left_alone = containment_problem(self.originals, path) is not None or self.ignore.ignored(path)
+            stat = None if left_alone else Stat.of(path)
+            if stat is None:  # gone, ignored, or no longer a regular file inside the originals: forgotten
                 gone.append(path)
             else:
                 items.append((path, stat, not_before))
@@ -205,7 +208,7 @@ class WatchService:
         batch: list[tuple[Path, Stat, float]] = []
         queued = 0
         directories: set[str] = set()
-        for entry in scan_entries(self.originals, top):
+        for entry in scan_entries(self.originals, top, rules=self.ignore):
             if self.stop.is_set():
                 return
             turned()
@@ -314,7 +317,7 @@ class WatchService:
     def _process_row(self, row: FileState) -> None:
         path = row.path
         self._moved()
-        stat = Stat.of(path)
+        stat = None if self.ignore.ignored(path) else Stat.of(path)  # .ppignore may have changed since queued
         if stat is None:
             self.state.forget([path])
             return

@@ -26,6 +26,7 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from .ignore import IGNORE_FILE
 from .library import is_candidate
 
 log = logging.getLogger(__name__)
@@ -57,19 +58,23 @@ class _Handler(FileSystemEventHandler):
         elif isinstance(event, FileDeletedEvent):
             self._deleted(event.src_path)
 
-    def _inside(self, raw: bytes | str) -> bool:
+    def _inside(self, raw: bytes | str | Path) -> bool:
         path = os.fsdecode(raw)
         relative = os.path.relpath(path, self.originals)
         return not relative.startswith("..") and not any(part.startswith(".") for part in Path(relative).parts)
 
     def _file(self, raw: bytes | str) -> None:
         path = Path(os.fsdecode(raw))
-        if is_candidate(path.name) and self._inside(raw):
+        if path.name == IGNORE_FILE and self._inside(path.parent):
+            self.directory_appeared(path.parent)  # its rules changed: look at that folder again
+        elif is_candidate(path.name) and self._inside(raw):
             self.file_appeared(path)
 
     def _deleted(self, raw: bytes | str) -> None:
         path = Path(os.fsdecode(raw))
-        if is_candidate(path.name):
+        if path.name == IGNORE_FILE and self._inside(path.parent):
+            self.directory_appeared(path.parent)
+        elif is_candidate(path.name):
             self.file_vanished(path)
 
 
