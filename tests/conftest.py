@@ -61,7 +61,7 @@ def write_config(directory: Path, url: str, *, model: str = MODEL, service: dict
     document = {
         "Models": [{"Type": "caption", "Model": model, "Engine": "ollama",
                     "Service": {"Uri": f"{url}/api/generate", **(service or {})}, **(entry or {})}],
-        "Daemon": {"StateDir": str(directory / "state"), "Timeout": 10,
+        "Daemon": {"StateDir": str(directory / "state"), "Timeout": 10, "SelfTest": False,
                    "Retry": {"Attempts": 3, "Delay": 0.05, "MaxDelay": 0.2, "Total": 20}, **(daemon or {})},
     }
     path = directory / "vision.yml"

@@ -21,10 +21,12 @@ model without "vision" -> 200 ``I'm sorry, I can't see images.``;
 
 Faults: ``server.enqueue(*behaviours)`` scripts the NEXT generation requests, one behaviour each; with the
 queue empty ``server.default_behaviour`` (None = normal) applies. Status/Drop/Garbage/Hang act before
-validation. Records: ``server.requests`` (snapshot; ``time`` is time.monotonic()), ``generation_requests()``,
-``active``/``max_active`` (generations in flight, arrival to end) and ``processing``/``max_processing``
-(inside the ``parallel`` slots). ``stop()`` wakes waiting handlers and shuts open connections; ``start()``
-after ``stop()`` binds the same port again (a "restarted" server).
+validation. ``server.blind = True``: the vision model answers without looking at its images (a red
+shape on white is otherwise described as such). Records: ``server.requests`` (snapshot; ``time`` is
+time.monotonic()), ``generation_requests()``, ``active``/``max_active`` (generations in flight, arrival
+to end) and ``processing``/``max_processing`` (inside the ``parallel`` slots). ``stop()`` wakes waiting
+handlers and shuts open connections; ``start()`` after ``stop()`` binds the same port again (a "restarted"
+server).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import io
 import json
 import re
 import socket
@@ -211,10 +214,27 @@ def decode_images(body: dict[str, Any]) -> list[bytes]:
 
 
 def expected_caption(image: bytes | None) -> str:
-    """The default reply for a request whose first image is `image`."""
+    """The default reply for a request whose first image is `image` (what it shows when mostly red)."""
     if image is None:
         return "A photo with a calm scene."
+    if _mostly_red(image):
+        return "A large red circle on a white background."
     return f"A photo with a calm scene, image {hashlib.sha256(image).hexdigest()[:8]}."
+
+
+def _mostly_red(image: bytes) -> bool:
+    """Whether the image is a red shape on white (as the self-test's disc): a model that looks would say so."""
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(image)) as opened:
+            data = opened.convert("RGB").resize((16, 16)).tobytes()
+    except Exception:  # not an image the emulator can read: answer as for any photo
+        return False
+    pixels = [tuple(data[index:index + 3]) for index in range(0, len(data), 3)]
+    red = sum(1 for r, g, b in pixels if r > 150 and g < 90 and b < 90)
+    white = sum(1 for r, g, b in pixels if min(r, g, b) > 200)
+    return red >= len(pixels) // 5 and white >= len(pixels) // 5
 
 
 def default_reply(body: dict[str, Any]) -> str:
@@ -487,6 +507,8 @@ class _Handler(BaseHTTPRequestHandler):
                 text, thinking = "", b.text
             elif (_ollama_images(body) or _openai_urls(body)) and "vision" not in caps:
                 text = CANT_SEE
+            elif emu.blind:
+                text = expected_caption(None)  # answers as if there were no image (ollama/ollama#13549)
             else:
                 text = emu.reply(body)
             if not thinking and kind != "openai" and body.get("think") not in (None, False):
@@ -603,6 +625,7 @@ class OllamaEmulator:
         self.api_key = api_key
         self.host = host  # the deploy scripts serve other containers: 0.0.0.0
         self.default_behaviour: Behaviour | None = None
+        self.blind = False  # a vision model that no longer receives images and answers anyway
         self.active = self.max_active = 0
         self.processing = self.max_processing = 0
         self._lock = threading.Lock()

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -48,6 +49,8 @@ from .pipeline import (
 )
 from .progress import Progress
 from .redaction import RedactingFilter, redact, redact_process_output
+from .schedule import QuietHours
+from .selftest import check_sight
 from .service import WatchService
 from .sources import PRIORITIES, WRITABLE_SOURCES
 from .state import StateStore
@@ -119,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "mean milliseconds per stage)")
     run.add_argument("--parallel", "-p", type=_positive_int, metavar="N",
                      help="requests in flight at once (overrides Daemon.Parallel; match OLLAMA_NUM_PARALLEL)")
+    run.add_argument("--respect-schedule", action="store_true",
+                     help="send requests only inside Daemon.Schedule's windows (wait outside them)")
     run.set_defaults(handler=command_run)
 
     listing = commands.add_parser("ls", parents=[common], help="show the effective models, like `photoprism vision ls`")
@@ -234,12 +239,16 @@ def command_run(arguments: argparse.Namespace) -> int:
     terms = parse_filter(arguments.filters, originals)
     clients = _clients(runs)
     signal.signal(signal.SIGTERM, _terminate)
+    quiet = QuietHours(config.daemon.schedule if arguments.respect_schedule else None)
     try:
         for kind, run in runs.items():
             if run.client is not None:
                 run.client.check()
                 log.info("%s: using %s on %s", "captions" if kind == "caption" else kind, run.model.model_id,
                          run.client.uri)
+        if config.daemon.self_test and clients and quiet.wait_open(threading.Event()):
+            for client in {(id(client.pool), client.model.model_id): client for client in clients}.values():
+                check_sight(client)
         with Exiftool() as exiftool:
             captioner = Captioner(config, runs, exiftool, options)
             unlisted: list[Outcome] = []
@@ -258,7 +267,7 @@ def command_run(arguments: argparse.Namespace) -> int:
                     summary.add(outcome)
                     progress.advance(outcome)
                 try:
-                    run_pipeline(captioner, paths, record)
+                    run_pipeline(captioner, paths, record, gate=quiet.wait_open)
                 finally:
                     pools = {id(client.pool): client for client in clients}
                     summary.endpoints = [figure for client in pools.values() for figure in client.figures()]
@@ -494,8 +503,10 @@ def command_status(arguments: argparse.Namespace) -> int:
             reachable = redact(str(error))
         finally:
             client.close()
+    schedule = QuietHours(config.daemon.schedule).paused_until() if config.daemon.schedule else ""
     report = {
         "database": str(database), "daemon": settings, "counts": counts, "queue": counts["pending"] + counts["running"],
+        "schedule": (schedule or "open") if config.daemon.schedule else None,
         "next_due_in_seconds": None if next_due is None else max(0.0, round(next_due - time.time(), 1)),
         "model": reachable,
         "failures": [{"path": _shown(row.path, originals), "state": row.state,
@@ -511,6 +522,8 @@ def command_status(arguments: argparse.Namespace) -> int:
     due = "" if next_due is None else f" (next due in {report['next_due_in_seconds']}s)"
     print(f"queue:  {report['queue']}{due}")
     print(f"model:  {reachable}")
+    if config.daemon.schedule is not None:
+        print(f"quiet hours: {schedule or 'open now'} (Daemon.Schedule {config.daemon.schedule.text})")
     if failures:
         print("latest failures (`captiond retry` queues them again):")
         for row in failures:

@@ -20,6 +20,7 @@ import yaml
 from .addresses import ollama_base_url, understand_uri
 from .errors import ConfigError
 from .redaction import redact, register_secret, register_uri
+from .schedule import Schedule, parse_schedule
 
 MODEL_TYPES = ("caption", "labels", "nsfw", "face", "generate")
 CAPTIOND_TYPES = ("caption", "labels")
@@ -79,6 +80,7 @@ DAEMON_KEYS = frozenset(
     {
         "Originals", "Write", "SidecarName", "StateDir", "Parallel", "Timeout", "MaxLength", "MaxAnswerBytes",
         "Settle", "Rescan", "Watcher", "PollInterval", "Listen", "Retry", "Language", "Exclude",
+        "Schedule", "SelfTest", "SelfTestInterval",
     }
 )
 RETRY_KEYS = frozenset({"Attempts", "Delay", "MaxDelay", "Total"})
@@ -203,6 +205,9 @@ class DaemonConfig:
     language: str = ""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     exclude: tuple[str, ...] = ()
+    schedule: Schedule | None = None
+    self_test: bool = True
+    self_test_interval: float = 6 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -429,6 +434,12 @@ class _Reader:
             self.problem(f"{where}.{key}", f"expected a list of texts, got {_kind(value)}")
             return ()
         return tuple(self.string({key: item}, key, where, "") for item in items)
+
+    def schedule(self, mapping: Mapping[str, Any], where: str) -> Schedule | None:
+        schedule, problems = parse_schedule(self.strings(mapping, "Schedule", where))
+        for problem in problems:
+            self.problem(f"{where}.Schedule", problem)
+        return schedule
 
     def boolean(self, mapping: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
         value = self.value(mapping, key, where)
@@ -671,6 +682,9 @@ class _Reader:
             listen=self.listen(mapping, where),
             language=self.string(mapping, "Language", where, "").strip(),
             exclude=self.strings(mapping, "Exclude", where),
+            schedule=self.schedule(mapping, where),
+            self_test=self.boolean(mapping, "SelfTest", where, True),
+            self_test_interval=self.duration(mapping, "SelfTestInterval", where, 6 * 3600.0) or 6 * 3600.0,
             retry=RetryPolicy(
                 attempts=self.positive_int(retry, "Attempts", f"{where}.Retry", defaults.attempts),
                 delay=self.duration(retry, "Delay", f"{where}.Retry", defaults.delay),

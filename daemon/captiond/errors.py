@@ -12,7 +12,7 @@ raised (``raise OurError(...) from exc``) and never leak.
     ├── ModelSetupError                exit 3: stops the run; the model cannot be used at all
     │   ├── ServerUnreachable          nobody answers at the Uri (after retries)
     │   ├── ModelNotFound              the server does not have the model (`ollama pull` it)
-    │   └── ModelCannotSee             the model has no vision capability
+    │   └── ModelCannotSee             the model has no vision capability, or answers without seeing (self-test)
     └── FileError                      one file failed; the run goes on.  ``transient``
         ├── ImageError                 cannot be decoded: truncated, corrupt, a bomb, not an image
         ├── MetadataError              exiftool could not read or write this file's metadata
@@ -81,7 +81,7 @@ class ModelNotFound(ModelSetupError):
 
 
 class ModelCannotSee(ModelSetupError):
-    """The model exists but cannot take images."""
+    """The model exists but cannot take images, or answers the self-test without seeing its image."""
 
 
 class FileError(CaptiondError):

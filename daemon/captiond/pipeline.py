@@ -439,18 +439,20 @@ def _timed(stages: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def run_pipeline(captioner: Captioner, paths: Iterable[Path], on_outcome: Callable[[Outcome], None],
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None,
+                 gate: Callable[[threading.Event], bool] | None = None) -> None:
     """Process paths with a bounded number of files in flight; raise ModelSetupError if the model goes away.
 
     Preparing the next images overlaps the model's work on the current ones: there are a few more
     workers than the server's parallel slots, and never more than twice that many files queued.
+    `gate(stop)` is called before each file and may block (quiet hours); False: stopped, skip the file.
     """
     stop = stop or threading.Event()
     workers = captioner.capacity + 2
     failure: list[ModelSetupError] = []
 
     def work(path: Path) -> None:
-        if stop.is_set():
+        if stop.is_set() or (gate is not None and not gate(stop)):
             return
         try:
             outcome = captioner.process(path)

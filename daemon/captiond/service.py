@@ -28,6 +28,8 @@ from .library import containment_problem, printable, scan_entries
 from .model import ModelClient
 from .pipeline import CAPTIONED, FAILED, Captioner, Outcome, describe_outcome
 from .sandbox import blocked_address_hint
+from .schedule import QuietHours
+from .selftest import check_sight
 from .state import DONE, QUARANTINED, FileState, Stat, StateStore
 from .state import FAILED as STATE_FAILED
 from .watcher import OverflowListener, inotify_watch_limit, start_observer
@@ -47,7 +49,7 @@ class WatchService:
 
     def __init__(self, config: Config, captioner: Captioner, clients: list[ModelClient], state: StateStore,
                  metrics: Metrics | None = None, notifier: SystemdNotifier | None = None,
-                 stall_after: float | None = None) -> None:
+                 stall_after: float | None = None, quiet: QuietHours | None = None) -> None:
         assert config.daemon.originals is not None
         self.config = config
         self.originals = config.daemon.originals
@@ -59,6 +61,9 @@ class WatchService:
         for client in clients:
             client.on_answer = self.metrics.observe_answer
         self.notifier = notifier or SystemdNotifier()
+        self.quiet = quiet or QuietHours(config.daemon.schedule)
+        self._paused = ""
+        self._next_self_test = 0.0  # monotonic time; due at start
         self.settle = config.daemon.settle
         self.workers = captioner.capacity + 2
         self.stop = threading.Event()
@@ -262,13 +267,17 @@ class WatchService:
         try:
             while not self.stop.is_set():
                 self._heartbeat()
-                if self._model_error and not self._probe_model():
-                    continue
-                capacity = self.workers * 2 - len(in_flight)
-                for row in self.state.claim(capacity) if capacity > 0 else []:
-                    future = executor.submit(self._handle, row)
-                    future.add_done_callback(lambda _: self._wake.set())
-                    in_flight.add(future)
+                self._paused = self.quiet.paused_until()  # quiet hours: no request at all, not even a probe
+                if not self._paused:
+                    if self._model_error and not self._probe_model():
+                        continue
+                    if not self._self_test_passes():
+                        continue
+                    capacity = self.workers * 2 - len(in_flight)
+                    for row in self.state.claim(capacity) if capacity > 0 else []:
+                        future = executor.submit(self._handle, row)
+                        future.add_done_callback(lambda _: self._wake.set())
+                        in_flight.add(future)
                 in_flight = {future for future in in_flight if not future.done()}
                 self._wake.wait(self._idle_wait(in_flight))
                 self._wake.clear()
@@ -277,6 +286,8 @@ class WatchService:
             executor.shutdown(wait=False, cancel_futures=True)
 
     def _idle_wait(self, in_flight: set[concurrent.futures.Future[None]]) -> float:
+        if self._paused:
+            return 1.0  # quiet hours: look at the clock again in a second
         if in_flight:
             return 0.5  # a finishing file wakes the loop
         next_due = self.state.next_due()
@@ -398,6 +409,10 @@ class WatchService:
         try:
             for client in self.clients:
                 client.check(retry=False)
+            if self.config.daemon.self_test:
+                self._next_self_test = 0.0  # the server may have restarted: look again at whether it sees
+                if not self._self_test_passes():
+                    return False
         except ModelSetupError as error:
             self._model_error = str(error)
             log.warning("model server still unavailable: %s", error)
@@ -405,6 +420,22 @@ class WatchService:
         log.info("the model server answers again: resuming")
         self._model_error, self._model_failures = "", 0
         self.metrics.model_up.set(1)
+        return True
+
+    def _self_test_passes(self) -> bool:
+        """Every Daemon.SelfTestInterval (and at start): check the model sees images; pause when it does not."""
+        if not self.config.daemon.self_test or time.monotonic() < self._next_self_test:
+            return True
+        models = {(id(client.pool), client.model.model_id): client for client in self.clients}
+        try:
+            tested = all([check_sight(client) for client in models.values()])
+        except ModelSetupError as error:
+            if self._model_error:
+                raise  # while probing: the caller keeps the daemon paused
+            self.model_unavailable(error)
+            return False
+        # A test without an answer (a transient failure) is tried again in a minute.
+        self._next_self_test = time.monotonic() + (self.config.daemon.self_test_interval if tested else 60.0)
         return True
 
     # -- health ------------------------------------------------------------------------------
@@ -447,7 +478,7 @@ class WatchService:
                 return f"the {thread.name} thread stopped"
         if self._producers and now - self._event_loop_turned > self.stall_after:
             return f"the event loop has not turned for {now - self._event_loop_turned:.0f}s"
-        if self._model_error:
+        if self._model_error or self._paused:
             self._last_progress = now  # paused, not stuck: the stall clock starts again when it resumes
             return ""
         counts = counts or self.state.counts()
@@ -465,7 +496,9 @@ class WatchService:
 
     def _status_line(self, counts: dict[str, int] | None = None) -> str:
         counts = counts or self.state.counts()
-        return (f"{counts['done']} done, {counts['pending'] + counts['running']} queued, {counts['failed']} failed, "
+        paused = f"{self._paused}; " if self._paused else ""
+        return (f"{paused}{counts['done']} done, {counts['pending'] + counts['running']} queued, "
+                f"{counts['failed']} failed, "
                 f"{counts['quarantined']} quarantined")
 
     def _start_health_server(self) -> HealthServer | None:

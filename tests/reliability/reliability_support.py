@@ -315,7 +315,7 @@ def write_daemon_config(directory: Path, url: str, **daemon: Any) -> Path:
         "Models": [{"Type": "caption", "Model": MODEL, "Engine": "ollama",
                     "Service": {"Uri": f"{url}/api/generate"}}],
         "Daemon": {"StateDir": str(directory / "state"), "Timeout": 10, "Settle": 0.2, "Rescan": 3600,
-                   "Retry": retry, **daemon},
+                   "SelfTest": False, "Retry": retry, **daemon},
     }
     path = directory / "vision.yml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
