@@ -51,7 +51,7 @@ from .progress import Progress
 from .redaction import RedactingFilter, redact, redact_process_output
 from .schedule import QuietHours
 from .selftest import check_sight
-from .service import WatchService
+from .service import WatchService, keep_alive_for
 from .sources import PRIORITIES, WRITABLE_SOURCES
 from .state import StateStore
 
@@ -257,6 +257,9 @@ def command_run(arguments: argparse.Namespace) -> int:
             if terms and not paths:
                 log.warning("no photos under %s match %s", originals, " ".join(arguments.filters))
             summary = Summary(originals, labels="labels" in runs, total=len(paths) + len(unlisted))
+            for client in clients:
+                client.keep_alive = lambda: keep_alive_for(
+                    config.daemon.keep_alive, sum(summary.counts.values()) + 1 < (summary.total or 0))
             with Progress(len(paths), enabled=sys.stderr.isatty() and not arguments.quiet) as progress:
                 # With the bar on the terminal, a line per file only under -v; without it, the lines are the progress.
                 summary.file_level = logging.DEBUG if progress.shown else logging.INFO

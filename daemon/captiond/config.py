@@ -80,7 +80,7 @@ DAEMON_KEYS = frozenset(
     {
         "Originals", "Write", "SidecarName", "StateDir", "Parallel", "Timeout", "MaxLength", "MaxAnswerBytes",
         "Settle", "Rescan", "Watcher", "PollInterval", "Listen", "Retry", "Language", "Exclude",
-        "Schedule", "SelfTest", "SelfTestInterval",
+        "Schedule", "SelfTest", "SelfTestInterval", "KeepAlive",
     }
 )
 RETRY_KEYS = frozenset({"Attempts", "Delay", "MaxDelay", "Total"})
@@ -208,6 +208,7 @@ class DaemonConfig:
     schedule: Schedule | None = None
     self_test: bool = True
     self_test_interval: float = 6 * 3600.0
+    keep_alive: str | float = "auto"
 
 
 @dataclass(frozen=True)
@@ -434,6 +435,20 @@ class _Reader:
             self.problem(f"{where}.{key}", f"expected a list of texts, got {_kind(value)}")
             return ()
         return tuple(self.string({key: item}, key, where, "") for item in items)
+
+    def keep_alive(self, mapping: Mapping[str, Any], where: str) -> str | float:
+        """Return Ollama's keep_alive as given (a number of seconds or a Go duration like 30m, -1, 0), or auto."""
+        value = self.value(mapping, "KeepAlive", where)
+        if value is None:
+            return "auto"
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and (value.strip().lower() == "auto" or re.fullmatch(
+                r"-?\d+|-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+", value.strip())):
+            return value.strip().lower() if value.strip().lower() == "auto" else value.strip()
+        self.problem(f"{where}.KeepAlive", f"expected auto, seconds or a duration such as 30m, -1 or 0, "
+                     f"got {_kind(value)}")
+        return "auto"
 
     def schedule(self, mapping: Mapping[str, Any], where: str) -> Schedule | None:
         schedule, problems = parse_schedule(self.strings(mapping, "Schedule", where))
@@ -683,6 +698,7 @@ class _Reader:
             language=self.string(mapping, "Language", where, "").strip(),
             exclude=self.strings(mapping, "Exclude", where),
             schedule=self.schedule(mapping, where),
+            keep_alive=self.keep_alive(mapping, where),
             self_test=self.boolean(mapping, "SelfTest", where, True),
             self_test_interval=self.duration(mapping, "SelfTestInterval", where, 6 * 3600.0) or 6 * 3600.0,
             retry=RetryPolicy(

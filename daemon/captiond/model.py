@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import email.utils
 import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,9 @@ OPENAI_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed"
                   "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
                   "num_predict": "max_tokens"}
 # The runner died while answering: transient once, but an image that does it again is poison.
+# Ollama's own figures on its final answer line (nanoseconds and token counts); any may be missing.
+FIGURES = ("eval_count", "eval_duration", "prompt_eval_count", "prompt_eval_duration", "load_duration",
+           "total_duration")
 RUNNER_CRASHES = ("runner process has terminated", "runner has unexpectedly stopped", "runner process no longer")
 # Ollama answers these with HTTP 500 although no retry can help.
 PERMANENT_SERVER_ERRORS = ("requires more system memory", "unknown model architecture", "does not support")
@@ -58,6 +62,7 @@ class Answer:
     thinking: str = ""
     done_reason: str = ""
     seconds: float = 0.0
+    figures: Mapping[str, float] = dataclasses.field(default_factory=dict)  # Ollama's FIGURES it sent
 
     @property
     def best_text(self) -> str:
@@ -90,6 +95,10 @@ class ModelClient:
         self.pool = pool or EndpointPool(model.service.all_endpoints(), daemon.parallel, daemon.retry.delay,
                                          daemon.retry.max_delay)
         self.on_answer = on_answer
+        # Called with the endpoint's name and each answer (health.py keeps throughput from its figures).
+        self.on_figures: Callable[[str, Answer], None] | None = None
+        # Ollama's keep_alive for the next request (None: the server's default), e.g. "1h" while work waits.
+        self.keep_alive: Callable[[], str | float | None] | None = None
         capacity = self.pool.capacity
         self._http = httpx.Client(
             headers={"User-Agent": "captiond"},
@@ -155,6 +164,9 @@ class ModelClient:
         """
         body = (self._openai_body(jpeg, prompt, system, schema) if self.openai
                 else self._ollama_body(jpeg, prompt, system, schema))
+        keep_alive = None if self.openai or self.keep_alive is None else self.keep_alive()
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
         try:
             answer: Answer = self._with_retries(lambda: self._generate_once(body), subject)
             return answer
@@ -254,11 +266,14 @@ class ModelClient:
                     raise
                 seconds = time.monotonic() - started
                 self.pool.succeeded(state, seconds)
+                answer = dataclasses.replace(answer, seconds=seconds)
                 if self.on_answer is not None:
                     self.on_answer(state.name, seconds)
+                if self.on_figures is not None:
+                    self.on_figures(state.name, answer)
         except AllEndpointsDown as exc:
             raise _ConnectionFailed("no endpoint answers") from exc
-        return Answer(answer.text, answer.thinking, answer.done_reason, seconds)
+        return answer
 
     def _post(self, endpoint: Endpoint, body: dict[str, Any], deadline: float) -> Answer:
         with (_translated_errors(self.deadline),
@@ -462,7 +477,7 @@ def _parse_ndjson(chunks: Iterator[bytes]) -> Answer:
         thinking.append(str(message.get("thinking", "") or ""))
         if part.get("done"):
             _drain(chunks)
-            return Answer("".join(text), "".join(thinking), str(part.get("done_reason", "")))
+            return Answer("".join(text), "".join(thinking), str(part.get("done_reason", "")), figures=_figures(part))
     raise TransientModelError("the answer stream ended before it was done")
 
 
@@ -502,4 +517,11 @@ def _parse_single(content: bytes, openai: bool) -> Answer:
                       str(choices[0].get("finish_reason") or ""))
     message: dict[str, Any] = document["message"] if isinstance(document.get("message"), dict) else document
     return Answer(str(message.get("content", message.get("response", "")) or ""),
-                  str(message.get("thinking", "") or ""), str(document.get("done_reason", "")))
+                  str(message.get("thinking", "") or ""), str(document.get("done_reason", "")),
+                  figures=_figures(document))
+
+
+def _figures(part: dict[str, Any]) -> dict[str, float]:
+    """Return the figures Ollama put on its final answer (numbers only; the rest is ignored)."""
+    return {name: float(part[name]) for name in FIGURES
+            if isinstance(part.get(name), int | float) and not isinstance(part.get(name), bool)}

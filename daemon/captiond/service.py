@@ -37,6 +37,15 @@ from .watcher import OverflowListener, inotify_watch_limit, start_observer
 log = logging.getLogger(__name__)
 
 BATCH = 500
+KEEP_LOADED = "1h"  # auto keep_alive while more photos wait (refreshed by every request)
+RELEASE_AFTER = "1m"  # auto keep_alive of the last request before the queue is empty
+
+
+def keep_alive_for(setting: str | float, work_waiting: bool) -> str | float:
+    """Return the keep_alive to send: the configured value, or with auto, by whether more work waits."""
+    if setting != "auto":
+        return setting
+    return KEEP_LOADED if work_waiting else RELEASE_AFTER
 CRASHES_BEFORE_QUARANTINE = 2
 UNEXPECTED_BEFORE_QUARANTINE = 3  # attempts that end in an error no check foresaw (a defect of ours)
 MAX_REQUEUE_DELAY = 3600.0
@@ -64,6 +73,8 @@ class WatchService:
         self.quiet = quiet or QuietHours(config.daemon.schedule)
         self._paused = ""
         self._next_self_test = 0.0  # monotonic time; due at start
+        for client in clients:
+            client.keep_alive = self._keep_alive
         self.settle = config.daemon.settle
         self.workers = captioner.capacity + 2
         self.stop = threading.Event()
@@ -421,6 +432,13 @@ class WatchService:
         self._model_error, self._model_failures = "", 0
         self.metrics.model_up.set(1)
         return True
+
+    def _keep_alive(self) -> str | float:
+        """Ollama's keep_alive for the next request: loaded while other files wait, released soon after (auto)."""
+        if self.config.daemon.keep_alive != "auto":
+            return self.config.daemon.keep_alive
+        counts = self.state.counts()
+        return keep_alive_for("auto", counts["pending"] + counts["running"] > 1)
 
     def _self_test_passes(self) -> bool:
         """Every Daemon.SelfTestInterval (and at start): check the model sees images; pause when it does not."""
