@@ -21,12 +21,13 @@ model without "vision" -> 200 ``I'm sorry, I can't see images.``;
 
 Faults: ``server.enqueue(*behaviours)`` scripts the NEXT generation requests, one behaviour each; with the
 queue empty ``server.default_behaviour`` (None = normal) applies. Status/Drop/Garbage/Hang act before
-validation. ``server.blind = True``: the vision model answers without looking at its images (a red
-shape on white is otherwise described as such). Records: ``server.requests`` (snapshot; ``time`` is
-time.monotonic()), ``generation_requests()``, ``active``/``max_active`` (generations in flight, arrival
-to end) and ``processing``/``max_processing`` (inside the ``parallel`` slots). ``stop()`` wakes waiting
-handlers and shuts open connections; ``start()`` after ``stop()`` binds the same port again (a "restarted"
-server).
+validation. ``server.blind = True``: the vision model answers without looking at its images (a red shape on
+white is otherwise described as such). ``tokens_per_second`` sets the reported eval_duration (slow it down to
+emulate a degraded GPU), ``vram_fraction`` the /api/ps size_vram of loaded models. Records:
+``server.requests`` (snapshot; ``time`` is time.monotonic()), ``generation_requests()``,
+``active``/``max_active`` (generations in flight, arrival to end) and ``processing``/``max_processing``
+(inside the ``parallel`` slots). ``stop()`` wakes waiting handlers and shuts open connections; ``start()``
+after ``stop()`` binds the same port again (a "restarted" server).
 """
 
 from __future__ import annotations
@@ -410,7 +411,14 @@ class _Handler(BaseHTTPRequestHandler):
                  "size": 2_000_000_000 + len(n), "digest": hashlib.sha256(n.encode()).hexdigest(),
                  "details": _details(n)} for n in emu.models]})
         elif method == "GET" and path == "/api/ps":
-            self._json(200, {"models": []})
+            with emu._lock:
+                loaded = sorted(emu.loaded)
+            size = 3_400_000_000
+            in_vram = int(size * (1.0 if emu.vram_fraction is None else emu.vram_fraction))
+            self._json(200, {"models": [
+                {"name": n, "model": n, "size": size, "digest": hashlib.sha256(n.encode()).hexdigest(),
+                 "details": _details(n), "expires_at": "2026-12-06T05:00:00.000000000Z", "size_vram": in_vram,
+                 "context_length": 4096} for n in loaded]})
         elif method == "GET" and path == "/v1/models":
             data = [{"id": n, "object": "model", "created": 1760607000, "owned_by": "library"}
                     for n in emu.models]
@@ -495,6 +503,8 @@ class _Handler(BaseHTTPRequestHandler):
         if problem:
             return self._error(*problem)
         caps = emu._capabilities(body["model"]) or []
+        with emu._lock:
+            emu.loaded.add(body["model"])
         if not emu._acquire():
             return self._drop()
         try:
@@ -565,6 +575,8 @@ class _Handler(BaseHTTPRequestHandler):
                             "prompt_eval_count": 12 + 256 * len(_ollama_images(body)),
                             "prompt_eval_duration": total // 4, "eval_count": len(_words(text)),
                             "eval_duration": total // 2})
+                if emu.tokens_per_second:
+                    out["eval_duration"] = int(max(1, len(_words(text))) / emu.tokens_per_second * 1e9)
             return out
 
         def line(o: Any) -> bytes:
@@ -626,6 +638,9 @@ class OllamaEmulator:
         self.host = host  # the deploy scripts serve other containers: 0.0.0.0
         self.default_behaviour: Behaviour | None = None
         self.blind = False  # a vision model that no longer receives images and answers anyway
+        self.tokens_per_second: float | None = None  # reported generation speed (eval_duration); None: as measured
+        self.vram_fraction: float | None = None  # /api/ps size_vram / size of loaded models (None: all on the GPU)
+        self.loaded: set[str] = set()  # models that answered a generation request (listed by /api/ps)
         self.active = self.max_active = 0
         self.processing = self.max_processing = 0
         self._lock = threading.Lock()

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .admin import (
@@ -29,6 +30,7 @@ from .admin import (
     root_over_library,
 )
 from .config import Config, ModelConfig, find_config_file, load_config
+from .degradation import FIX
 from .endpoints import EndpointPool
 from .errors import CaptiondError, ConfigError, ModelSetupError, UsageError
 from .ignore import IgnoreRules
@@ -51,12 +53,13 @@ from .progress import Progress
 from .redaction import RedactingFilter, redact, redact_process_output
 from .schedule import QuietHours
 from .selftest import check_sight
-from .service import WatchService, keep_alive_for
+from .service import RUNTIME_FILE, WatchService, keep_alive_for
 from .sources import PRIORITIES, WRITABLE_SOURCES
 from .state import StateStore
 
 log = logging.getLogger("captiond")
 
+RUNTIME_FRESH = 120.0  # seconds: an older runtime.json belongs to a daemon that is gone
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 128 + signal.SIGTERM
 
@@ -507,9 +510,10 @@ def command_status(arguments: argparse.Namespace) -> int:
         finally:
             client.close()
     schedule = QuietHours(config.daemon.schedule).paused_until() if config.daemon.schedule else ""
+    runtime = _runtime(config.daemon.state_dir / RUNTIME_FILE)
     report = {
         "database": str(database), "daemon": settings, "counts": counts, "queue": counts["pending"] + counts["running"],
-        "schedule": (schedule or "open") if config.daemon.schedule else None,
+        "schedule": (schedule or "open") if config.daemon.schedule else None, "running": runtime,
         "next_due_in_seconds": None if next_due is None else max(0.0, round(next_due - time.time(), 1)),
         "model": reachable,
         "failures": [{"path": _shown(row.path, originals), "state": row.state,
@@ -527,6 +531,7 @@ def command_status(arguments: argparse.Namespace) -> int:
     print(f"model:  {reachable}")
     if config.daemon.schedule is not None:
         print(f"quiet hours: {schedule or 'open now'} (Daemon.Schedule {config.daemon.schedule.text})")
+    _print_runtime(runtime)
     if failures:
         print("latest failures (`captiond retry` queues them again):")
         for row in failures:
@@ -565,6 +570,35 @@ def command_retry(arguments: argparse.Namespace) -> int:
           f"{requeued['pending']} waiting for a retry)" + ("; a running daemon takes them up within seconds"
                                                             if total else ""))
     return EXIT_OK
+
+
+def _runtime(path: Path) -> dict[str, Any] | None:
+    """Return what the running daemon wrote about itself, or None when it is not running (or too old)."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or time.time() - float(document.get("updated", 0)) > RUNTIME_FRESH:
+        return None
+    return document
+
+
+def _print_runtime(runtime: dict[str, Any] | None) -> None:
+    """Print the daemon's own view: paused, degraded endpoints and their speed."""
+    if runtime is None:
+        print("daemon: not running (or not for a while)")
+        return
+    print(f"daemon: running (pid {runtime.get('pid')})" + (f", {runtime['paused']}" if runtime.get("paused") else ""))
+    for endpoint, reason in (runtime.get("degraded") or {}).items():
+        print(f"DEGRADED {endpoint}: {reason}. Fix: {FIX}")
+    for figures in runtime.get("endpoints") or []:
+        speed = figures.get("tokens_per_second")
+        baseline = figures.get("baseline_tokens_per_second")
+        vram = figures.get("vram_fraction")
+        print(f"speed:  {figures.get('endpoint')}: "
+              + (f"{speed:.1f} tokens/s" if isinstance(speed, int | float) else "no figures yet")
+              + (f" (baseline {baseline:.1f})" if isinstance(baseline, int | float) else "")
+              + (f", {vram:.0%} in GPU memory" if isinstance(vram, int | float) else ""))
 
 
 def command_sources(arguments: argparse.Namespace) -> int:

@@ -81,6 +81,7 @@ DAEMON_KEYS = frozenset(
         "Originals", "Write", "SidecarName", "StateDir", "Parallel", "Timeout", "MaxLength", "MaxAnswerBytes",
         "Settle", "Rescan", "Watcher", "PollInterval", "Listen", "Retry", "Language", "Exclude",
         "Schedule", "SelfTest", "SelfTestInterval", "KeepAlive",
+        "DegradedFraction", "DegradedImages", "OnDegraded", "OnDegradedInterval",
     }
 )
 RETRY_KEYS = frozenset({"Attempts", "Delay", "MaxDelay", "Total"})
@@ -209,6 +210,10 @@ class DaemonConfig:
     self_test: bool = True
     self_test_interval: float = 6 * 3600.0
     keep_alive: str | float = "auto"
+    degraded_fraction: float = 0.5
+    degraded_images: int = 5
+    on_degraded: tuple[str, ...] = ()
+    on_degraded_interval: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -435,6 +440,26 @@ class _Reader:
             self.problem(f"{where}.{key}", f"expected a list of texts, got {_kind(value)}")
             return ()
         return tuple(self.string({key: item}, key, where, "") for item in items)
+
+    def fraction(self, mapping: Mapping[str, Any], key: str, where: str, default: float) -> float:
+        value = self.value(mapping, key, where)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+            self.problem(f"{where}.{key}", f"expected a fraction between 0 and 1 such as 0.5, got {_kind(value)}")
+            return default
+        return float(value)
+
+    def arguments(self, mapping: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+        """Return a command as a list of arguments (run without a shell); one text is refused as ambiguous."""
+        value = mapping.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not value or not all(isinstance(item, str | int) for item in value):
+            self.problem(f"{where}.{key}", f"expected a command as a list of arguments such as [docker, restart, "
+                         f"ollama] (no shell), got {_kind(value)}")
+            return ()
+        return tuple(str(item) for item in value)
 
     def keep_alive(self, mapping: Mapping[str, Any], where: str) -> str | float:
         """Return Ollama's keep_alive as given (a number of seconds or a Go duration like 30m, -1, 0), or auto."""
@@ -699,6 +724,10 @@ class _Reader:
             exclude=self.strings(mapping, "Exclude", where),
             schedule=self.schedule(mapping, where),
             keep_alive=self.keep_alive(mapping, where),
+            degraded_fraction=self.fraction(mapping, "DegradedFraction", where, 0.5),
+            degraded_images=self.positive_int(mapping, "DegradedImages", where, 5),
+            on_degraded=self.arguments(mapping, "OnDegraded", where),
+            on_degraded_interval=self.duration(mapping, "OnDegradedInterval", where, 3600.0),
             self_test=self.boolean(mapping, "SelfTest", where, True),
             self_test_interval=self.duration(mapping, "SelfTestInterval", where, 6 * 3600.0) or 6 * 3600.0,
             retry=RetryPolicy(

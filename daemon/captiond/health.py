@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .degradation import EndpointSpeed
 from .errors import UsageError
 from .redaction import redact
 
@@ -52,10 +53,24 @@ class Metrics:
                                        ["endpoint"], buckets=(0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60, 120),
                                        registry=self.registry)
         self.model_up = Gauge("captiond_model_up", "1 while the model server answers", registry=self.registry)
+        self.tokens_per_second = Gauge("captiond_model_tokens_per_second", "Generation speed of the latest answer "
+                                       "(Ollama eval_count / eval_duration)", ["endpoint"], registry=self.registry)
+        self.vram_fraction = Gauge("captiond_model_vram_fraction", "Part of the loaded model in GPU memory "
+                                   "(Ollama /api/ps size_vram / size)", ["endpoint"], registry=self.registry)
+        self.degraded = Gauge("captiond_model_degraded", "1 while the endpoint is degraded (slow or partly on the "
+                              "CPU)", ["endpoint"], registry=self.registry)
 
     def observe_answer(self, endpoint: str, seconds: float) -> None:
         """Record one answer's latency for its endpoint."""
         self.model_seconds.labels(endpoint).observe(seconds)
+
+    def observe_speed(self, speed: EndpointSpeed) -> None:
+        """Publish one endpoint's speed, GPU memory share and degradation."""
+        if speed.tokens_per_second is not None:
+            self.tokens_per_second.labels(speed.name).set(speed.tokens_per_second)
+        if speed.vram_fraction is not None:
+            self.vram_fraction.labels(speed.name).set(speed.vram_fraction)
+        self.degraded.labels(speed.name).set(1 if speed.degraded else 0)
 
     def exposition(self) -> bytes:
         """Return the metrics in Prometheus' text format."""

@@ -177,6 +177,19 @@ class ModelClient:
         """Return requests, errors and mean seconds per endpoint."""
         return self.pool.figures()
 
+    def loaded_models(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Return each Ollama endpoint's /api/ps list of loaded models (endpoints that do not answer are left out)."""
+        found: list[tuple[str, list[dict[str, Any]]]] = []
+        for state in [] if self.openai else self.pool.states:
+            try:
+                response = self._request("GET", f"{state.endpoint.base_url()}/api/ps", None, state.endpoint)
+                models = response.json().get("models") if response.status_code == 200 else None
+            except (TransientModelError, ValueError, AttributeError):
+                continue
+            if isinstance(models, list):
+                found.append((state.name, [model for model in models if isinstance(model, dict)]))
+        return found
+
     # -- retries -------------------------------------------------------------------------------
 
     def _with_retries(self, call: Any, subject: str = "") -> Any:

@@ -12,20 +12,23 @@ consumer pauses and probes it, without charging any file an attempt.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import os
 import random
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .config import Config
+from .degradation import FIX, Cadence, DegradationMonitor
 from .errors import ModelSetupError, ServerUnreachable
 from .health import HealthServer, Metrics, SystemdNotifier
 from .ignore import IgnoreRules
 from .library import containment_problem, printable, scan_entries
-from .model import ModelClient
+from .model import Answer, ModelClient
 from .pipeline import CAPTIONED, FAILED, Captioner, Outcome, describe_outcome
 from .sandbox import blocked_address_hint
 from .schedule import QuietHours
@@ -39,6 +42,9 @@ log = logging.getLogger(__name__)
 BATCH = 500
 KEEP_LOADED = "1h"  # auto keep_alive while more photos wait (refreshed by every request)
 RELEASE_AFTER = "1m"  # auto keep_alive of the last request before the queue is empty
+PS_INTERVAL = 60.0  # /api/ps is asked at most once a minute per endpoint
+RUNTIME_FILE = "runtime.json"  # what the running daemon knows, for `captiond status`
+SERVER_BACK_TIMEOUT = 600.0  # how long to wait for the server after Daemon.OnDegraded
 
 
 def keep_alive_for(setting: str | float, work_waiting: bool) -> str | float:
@@ -73,8 +79,15 @@ class WatchService:
         self.quiet = quiet or QuietHours(config.daemon.schedule)
         self._paused = ""
         self._next_self_test = 0.0  # monotonic time; due at start
+        self.monitor = DegradationMonitor(config.daemon.degraded_fraction, config.daemon.degraded_images,
+                                          on_change=self.metrics.observe_speed)
+        self._polls = Cadence(PS_INTERVAL)
+        self._commands = Cadence(config.daemon.on_degraded_interval)
+        self._runtime_written, self._runtime_at = "", 0.0
         for client in clients:
             client.keep_alive = self._keep_alive
+            client.on_figures = self._on_figures
+        self._answered_since_poll = False
         self.settle = config.daemon.settle
         self.workers = captioner.capacity + 2
         self.stop = threading.Event()
@@ -152,6 +165,10 @@ class WatchService:
             return False, reason
         if self._model_error:
             return False, f"model server: {self._model_error}"
+        degraded = self.monitor.degraded()
+        if degraded:
+            reasons = "; ".join(f"{endpoint}: {reason}" for endpoint, reason in degraded.items())
+            return False, f"degraded: {reasons}. Fix: {FIX}"
         return True, self._status_line()
 
     # -- producers ---------------------------------------------------------------------------
@@ -284,6 +301,7 @@ class WatchService:
                         continue
                     if not self._self_test_passes():
                         continue
+                    self._watch_degradation()
                     capacity = self.workers * 2 - len(in_flight)
                     for row in self.state.claim(capacity) if capacity > 0 else []:
                         future = executor.submit(self._handle, row)
@@ -433,6 +451,51 @@ class WatchService:
         self.metrics.model_up.set(1)
         return True
 
+    def _watch_degradation(self) -> None:
+        """Ask /api/ps at most once a minute; run Daemon.OnDegraded (at most once per interval) when degraded."""
+        clients = {(id(client.pool), client.model.model_id): client for client in self.clients}.values()
+        if self._answered_since_poll and self._polls.due("ps"):  # the model is loaded only once it answered
+            self._answered_since_poll = False
+            for client in clients:
+                for endpoint, loaded in client.loaded_models():
+                    self.monitor.observe_loaded(endpoint, client.model.model_id, loaded)
+        degraded = self.monitor.degraded()
+        if degraded and self.config.daemon.on_degraded and self._commands.due("OnDegraded"):
+            self._run_on_degraded(list(degraded))
+
+    def _on_figures(self, endpoint: str, answer: Answer) -> None:
+        self._answered_since_poll = True
+        self.monitor.observe(endpoint, answer.seconds, answer.figures)
+
+    def _run_on_degraded(self, endpoints: list[str]) -> None:
+        """Run the user's command (no shell), pausing requests, then wait for the server to answer again."""
+        command = list(self.config.daemon.on_degraded)
+        self._paused = "paused: running Daemon.OnDegraded"
+        log.warning("running Daemon.OnDegraded %s for %s", command, ", ".join(endpoints))
+        try:
+            finished = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=600,
+                                      check=False)
+            output = (finished.stdout + finished.stderr).decode("utf-8", "replace").strip()[-500:]
+            log.log(logging.INFO if finished.returncode == 0 else logging.ERROR,
+                    "Daemon.OnDegraded exited with %d%s", finished.returncode, f": {output}" if output else "")
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.error("Daemon.OnDegraded could not run: %s", exc)
+        deadline = time.monotonic() + SERVER_BACK_TIMEOUT
+        attempt = 0
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                for client in self.clients:
+                    client.check(retry=False)
+                break
+            except ModelSetupError as error:
+                log.info("waiting for the model server after Daemon.OnDegraded: %s", error)
+            self.stop.wait(PROBE_DELAYS[min(attempt, len(PROBE_DELAYS) - 1)])
+            attempt += 1
+        for endpoint in endpoints:
+            self.monitor.reset(endpoint)
+        self._next_self_test = 0.0  # a restarted server: check again that the model sees
+        self._paused = ""
+
     def _keep_alive(self) -> str | float:
         """Ollama's keep_alive for the next request: loaded while other files wait, released soon after (auto)."""
         if self.config.daemon.keep_alive != "auto":
@@ -466,6 +529,7 @@ class WatchService:
         self._last_notify = now
         counts = self.state.counts()
         self.metrics.queue.set(counts["pending"] + counts["running"])
+        self._write_runtime()
         if self.notifier.watchdog_interval is None and not self.notifier.address:
             return
         reason = self.liveness(counts)
@@ -511,6 +575,22 @@ class WatchService:
 
     def _moved(self) -> None:
         self._last_progress = time.monotonic()
+
+    def _write_runtime(self) -> None:
+        """Write what only the running daemon knows (pause, degradation, speeds) for `captiond status`."""
+        document = {"pid": os.getpid(), "paused": self._paused, "model_error": self._model_error,
+                    "degraded": self.monitor.degraded(), "endpoints": self.monitor.figures()}
+        text = json.dumps(document, sort_keys=True)
+        if text == self._runtime_written and time.monotonic() - self._runtime_at < 30:
+            return
+        path = self.config.daemon.state_dir / RUNTIME_FILE
+        try:
+            temporary = path.with_name(f".{RUNTIME_FILE}.tmp")
+            temporary.write_text(json.dumps({**document, "updated": time.time()}))
+            os.replace(temporary, path)
+            self._runtime_written, self._runtime_at = text, time.monotonic()
+        except OSError as exc:
+            log.debug("cannot write %s: %s", path, exc)
 
     def _status_line(self, counts: dict[str, int] | None = None) -> str:
         counts = counts or self.state.counts()
