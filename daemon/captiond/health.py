@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from .degradation import EndpointSpeed
 from .errors import UsageError
 from .redaction import redact
+from .statuspage import CONTENT_SECURITY_POLICY
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,14 @@ class Metrics:
 
 
 class HealthServer:
-    """Serves /healthz (200 while healthy, else 503) and /metrics on Daemon.Listen."""
+    """Serves /healthz (200 while healthy, else 503), /metrics and the status page `/` on Daemon.Listen."""
 
-    def __init__(self, listen: str, metrics: Metrics, healthy: Callable[[], tuple[bool, str]]) -> None:
+    def __init__(self, listen: str, metrics: Metrics, healthy: Callable[[], tuple[bool, str]],
+                 page: Callable[[], bytes] | None = None) -> None:
         host, _, port = listen.rpartition(":")
         if not port.isdigit():
             raise UsageError(f"Daemon.Listen: expected HOST:PORT such as 127.0.0.1:9780, got {listen!r}")
-        metrics_ref, healthy_ref = metrics, healthy
+        metrics_ref, healthy_ref, page_ref = metrics, healthy, page
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
@@ -94,12 +96,17 @@ class HealthServer:
                     ok, detail = healthy_ref()
                     self._answer(200 if ok else 503, redact(f"{'ok' if ok else 'unhealthy'}: {detail}\n").encode(),
                                  "text/plain; charset=utf-8")
+                elif page_ref is not None and self.path.split("?")[0] in ("/", "/index.html"):
+                    self._answer(200, page_ref(), "text/html; charset=utf-8")
                 else:
                     self._answer(404, b"not found\n", "text/plain")
 
             def _answer(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
+                self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+                self.send_header("X-Content-Type-Options", "nosniff")
+                self.send_header("Cache-Control", "no-store")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

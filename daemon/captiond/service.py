@@ -11,6 +11,7 @@ consumer pauses and probes it, without charging any file an attempt.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import json
 import logging
@@ -35,6 +36,7 @@ from .schedule import QuietHours
 from .selftest import check_sight
 from .state import DONE, QUARANTINED, FileState, Stat, StateStore
 from .state import FAILED as STATE_FAILED
+from .statuspage import Caption, PageData, render
 from .watcher import OverflowListener, inotify_watch_limit, start_observer
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ KEEP_LOADED = "1h"  # auto keep_alive while more photos wait (refreshed by every
 RELEASE_AFTER = "1m"  # auto keep_alive of the last request before the queue is empty
 PS_INTERVAL = 60.0  # /api/ps is asked at most once a minute per endpoint
 RUNTIME_FILE = "runtime.json"  # what the running daemon knows, for `captiond status`
+RECENT_CAPTIONS = 12  # on the status page
 SERVER_BACK_TIMEOUT = 600.0  # how long to wait for the server after Daemon.OnDegraded
 
 
@@ -88,6 +91,8 @@ class WatchService:
             client.keep_alive = self._keep_alive
             client.on_figures = self._on_figures
         self._answered_since_poll = False
+        self._captions: collections.deque[Caption] = collections.deque(maxlen=RECENT_CAPTIONS)
+        self._finished: collections.deque[float] = collections.deque(maxlen=200)  # monotonic times, for the ETA
         self.settle = config.daemon.settle
         self.workers = captioner.capacity + 2
         self.stop = threading.Event()
@@ -393,6 +398,10 @@ class WatchService:
             self.state.finish(row.path, DONE, final_stat, outcome.reason)
             if outcome.status == CAPTIONED:
                 log.info("%s", describe_outcome(name, outcome))
+                self._finished.append(time.monotonic())
+                if outcome.caption:
+                    self._captions.appendleft(Caption(row.path, name, outcome.caption,
+                                                      self.captioner.source("caption"), time.time()))
             return
         if not outcome.transient:
             self.state.finish(row.path, STATE_FAILED, stat, outcome.reason)
@@ -576,6 +585,28 @@ class WatchService:
     def _moved(self) -> None:
         self._last_progress = time.monotonic()
 
+    def status_page(self) -> bytes:
+        """Return the HTML status page (counts, ETA, endpoints, quiet hours, latest captions and failures)."""
+        counts = self.state.counts()
+        queued = counts["pending"] + counts["running"]
+        speeds = {str(item["endpoint"]): item for item in self.monitor.figures()}
+        pools = {id(client.pool): client for client in self.clients}.values()
+        endpoints = [{**figures, **speeds.get(str(figures["endpoint"]), {})}
+                     for client in pools for figures in client.figures()]
+        failures = [(self._relative(row.path), row.state, row.last_error) for row in self.state.recent_failures(10)]
+        schedule = self.config.daemon.schedule
+        return render(PageData(counts, queued, self._eta(queued), self._paused, self._model_error, endpoints,
+                               list(self._captions), failures, time.time(), schedule.text if schedule else "",
+                               self.monitor.degraded()))
+
+    def _eta(self, queued: int) -> float | None:
+        """Return seconds until the queue is done at the pace of the latest captions (None: not known yet)."""
+        finished = list(self._finished)
+        if len(finished) < 2 or finished[-1] <= finished[0]:
+            return None
+        per_second = (len(finished) - 1) / (finished[-1] - finished[0])
+        return queued / per_second
+
     def _write_runtime(self) -> None:
         """Write what only the running daemon knows (pause, degradation, speeds) for `captiond status`."""
         document = {"pid": os.getpid(), "paused": self._paused, "model_error": self._model_error,
@@ -602,9 +633,9 @@ class WatchService:
     def _start_health_server(self) -> HealthServer | None:
         if not self.config.daemon.listen:
             return None
-        server = HealthServer(self.config.daemon.listen, self.metrics, self.healthy)
+        server = HealthServer(self.config.daemon.listen, self.metrics, self.healthy, self.status_page)
         server.start()
-        log.info("serving /healthz and /metrics on http://%s", server.address)
+        log.info("serving /healthz and /metrics on http://%s (status page at /)", server.address)
         return server
 
     def _relative(self, path: Path) -> str:
