@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ RELEASE_AFTER = "1m"  # auto keep_alive of the last request before the queue is 
 PS_INTERVAL = 60.0  # /api/ps is asked at most once a minute per endpoint
 RUNTIME_FILE = "runtime.json"  # what the running daemon knows, for `captiond status`
 RECENT_CAPTIONS = 12  # on the status page
+COMMAND_TIMEOUT = 600.0  # Daemon.OnDegraded is killed after this long
 SERVER_BACK_TIMEOUT = 600.0  # how long to wait for the server after Daemon.OnDegraded
 
 
@@ -82,6 +84,8 @@ class WatchService:
         self.quiet = quiet or QuietHours(config.daemon.schedule)
         self._paused = ""
         self._next_self_test = 0.0  # monotonic time; due at start
+        self._self_test: concurrent.futures.Future[bool] | None = None
+        self._tester = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="captiond-selftest")
         self.monitor = DegradationMonitor(config.daemon.degraded_fraction, config.daemon.degraded_images,
                                           on_change=self.metrics.observe_speed)
         self._polls = Cadence(PS_INTERVAL)
@@ -150,6 +154,7 @@ class WatchService:
                 thread.join(timeout=5)
             if health is not None:
                 health.stop()
+            self._tester.shutdown(wait=False, cancel_futures=True)
             self.state.recover()
 
     def request_stop(self) -> None:
@@ -304,14 +309,9 @@ class WatchService:
                 if not self._paused:
                     if self._model_error and not self._probe_model():
                         continue
-                    if not self._self_test_passes():
-                        continue
-                    self._watch_degradation()
-                    capacity = self.workers * 2 - len(in_flight)
-                    for row in self.state.claim(capacity) if capacity > 0 else []:
-                        future = executor.submit(self._handle, row)
-                        future.add_done_callback(lambda _: self._wake.set())
-                        in_flight.add(future)
+                    if self._self_test_passes():  # else: wait for the test (or a probe) below
+                        self._watch_degradation()
+                        self._claim(executor, in_flight)
                 in_flight = {future for future in in_flight if not future.done()}
                 self._wake.wait(self._idle_wait(in_flight))
                 self._wake.clear()
@@ -319,9 +319,17 @@ class WatchService:
             self._finish_in_flight(in_flight)
             executor.shutdown(wait=False, cancel_futures=True)
 
+    def _claim(self, executor: concurrent.futures.ThreadPoolExecutor,
+               in_flight: set[concurrent.futures.Future[None]]) -> None:
+        capacity = self.workers * 2 - len(in_flight)
+        for row in self.state.claim(capacity) if capacity > 0 else []:
+            future = executor.submit(self._handle, row)
+            future.add_done_callback(lambda _: self._wake.set())
+            in_flight.add(future)
+
     def _idle_wait(self, in_flight: set[concurrent.futures.Future[None]]) -> float:
-        if self._paused:
-            return 1.0  # quiet hours: look at the clock again in a second
+        if self._paused or self._self_test is not None:
+            return 1.0  # quiet hours: look at the clock again in a second; a finished self-test wakes the loop
         if in_flight:
             return 0.5  # a finishing file wakes the loop
         next_due = self.state.next_due()
@@ -433,6 +441,7 @@ class WatchService:
                 if hint:
                     log.warning("%s", hint)
         self._model_error = str(error)
+        self._next_self_test = 0.0  # the server may be restarted or upgraded: test again before resuming
         self.metrics.model_up.set(0)
 
     def _probe_model(self) -> bool:
@@ -447,13 +456,11 @@ class WatchService:
         try:
             for client in self.clients:
                 client.check(retry=False)
-            if self.config.daemon.self_test:
-                self._next_self_test = 0.0  # the server may have restarted: look again at whether it sees
-                if not self._self_test_passes():
-                    return False
         except ModelSetupError as error:
             self._model_error = str(error)
             log.warning("model server still unavailable: %s", error)
+            return False
+        if not self._self_test_passes():
             return False
         log.info("the model server answers again: resuming")
         self._model_error, self._model_failures = "", 0
@@ -481,17 +488,11 @@ class WatchService:
         command = list(self.config.daemon.on_degraded)
         self._paused = "paused: running Daemon.OnDegraded"
         log.warning("running Daemon.OnDegraded %s for %s", command, ", ".join(endpoints))
-        try:
-            finished = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=600,
-                                      check=False)
-            output = (finished.stdout + finished.stderr).decode("utf-8", "replace").strip()[-500:]
-            log.log(logging.INFO if finished.returncode == 0 else logging.ERROR,
-                    "Daemon.OnDegraded exited with %d%s", finished.returncode, f": {output}" if output else "")
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.error("Daemon.OnDegraded could not run: %s", exc)
+        self._run_command(command)
         deadline = time.monotonic() + SERVER_BACK_TIMEOUT
         attempt = 0
         while not self.stop.is_set() and time.monotonic() < deadline:
+            self._heartbeat()
             try:
                 for client in self.clients:
                     client.check(retry=False)
@@ -505,6 +506,27 @@ class WatchService:
         self._next_self_test = 0.0  # a restarted server: check again that the model sees
         self._paused = ""
 
+    def _run_command(self, command: list[str]) -> None:
+        """Run Daemon.OnDegraded (no shell, up to COMMAND_TIMEOUT), petting the watchdog meanwhile; log the result."""
+        with tempfile.TemporaryFile() as output:
+            try:
+                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+            except OSError as exc:
+                log.error("Daemon.OnDegraded could not run: %s", exc.strerror or exc)
+                return
+            deadline = time.monotonic() + COMMAND_TIMEOUT
+            while process.poll() is None and time.monotonic() < deadline and not self.stop.is_set():
+                self._heartbeat()
+                self.stop.wait(0.2)
+            if process.poll() is None:
+                process.kill()
+                log.error("Daemon.OnDegraded did not finish within %.0fs: killed", COMMAND_TIMEOUT)
+            process.wait()
+            output.seek(0)
+            text = output.read()[-2000:].decode("utf-8", "replace").strip()
+        log.log(logging.INFO if process.returncode == 0 else logging.ERROR, "Daemon.OnDegraded exited with %d%s",
+                process.returncode, f": {text}" if text else "")
+
     def _keep_alive(self) -> str | float:
         """Ollama's keep_alive for the next request: loaded while other files wait, released soon after (auto)."""
         if self.config.daemon.keep_alive != "auto":
@@ -513,20 +535,40 @@ class WatchService:
         return keep_alive_for("auto", counts["pending"] + counts["running"] > 1)
 
     def _self_test_passes(self) -> bool:
-        """Every Daemon.SelfTestInterval (and at start): check the model sees images; pause when it does not."""
-        if not self.config.daemon.self_test or time.monotonic() < self._next_self_test:
+        """Whether captioning may go on: the self-test (at start, after an outage, every SelfTestInterval) passed.
+
+        The test runs in a thread of its own (the consumer keeps petting the watchdog); while it runs, and when
+        the model answers without seeing, nothing is claimed. A blind model pauses the daemon like a server
+        that is down, and the probes test it again.
+        """
+        if not self.config.daemon.self_test:
             return True
-        models = {(id(client.pool), client.model.model_id): client for client in self.clients}
+        future = self._self_test
+        if future is None:
+            if time.monotonic() < self._next_self_test:
+                return True
+            self._self_test = future = self._tester.submit(self._check_sight)
+            future.add_done_callback(lambda _: self._wake.set())
+        if not future.done():
+            return False
+        self._self_test = None
         try:
-            tested = all([check_sight(client) for client in models.values()])
+            tested = future.result()
         except ModelSetupError as error:
             if self._model_error:
-                raise  # while probing: the caller keeps the daemon paused
-            self.model_unavailable(error)
+                self._model_error = str(error)  # still blind: stay paused
+                log.warning("%s", error)
+            else:
+                self.model_unavailable(error)
             return False
         # A test without an answer (a transient failure) is tried again in a minute.
         self._next_self_test = time.monotonic() + (self.config.daemon.self_test_interval if tested else 60.0)
         return True
+
+    def _check_sight(self) -> bool:
+        """Ask every model about the probe image; raise ModelCannotSee for one that answers without seeing it."""
+        models = {(id(client.pool), client.model.model_id): client for client in self.clients}
+        return all([check_sight(client) for client in models.values()])
 
     # -- health ------------------------------------------------------------------------------
 
