@@ -460,7 +460,11 @@ class WatchService:
             self._model_error = str(error)
             log.warning("model server still unavailable: %s", error)
             return False
-        if not self._self_test_passes():
+        passed = self._self_test_passes()
+        if not passed and self._self_test is not None:  # started just now: its answer decides
+            self._await_self_test()
+            passed = self._self_test_passes()
+        if not passed:
             return False
         log.info("the model server answers again: resuming")
         self._model_error, self._model_failures = "", 0
@@ -564,6 +568,15 @@ class WatchService:
         # A test without an answer (a transient failure) is tried again in a minute.
         self._next_self_test = time.monotonic() + (self.config.daemon.self_test_interval if tested else 60.0)
         return True
+
+    def _await_self_test(self) -> None:
+        """Wait for the running self-test to answer, petting the watchdog meanwhile."""
+        future = self._self_test
+        while future is not None and not self.stop.is_set():
+            done, _ = concurrent.futures.wait([future], timeout=0.5)
+            if done:
+                return
+            self._heartbeat()
 
     def _check_sight(self) -> bool:
         """Ask every model about the probe image; raise ModelCannotSee for one that answers without seeing it."""
