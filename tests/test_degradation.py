@@ -94,7 +94,7 @@ def test_slow_gpu_is_reported_in_log_status_healthz_and_metrics(
     emulator.tokens_per_second = 8  # the GPU degrades: a fifth of the speed
     slow = [originals / f"after-{index}.jpg" for index in range(4)]
     for photo in slow:
-        shutil.copyfile(FIXTURES / "PNG.png", photo)
+        shutil.copyfile(FIXTURES / "PNG_plain.png", photo)
     assert wait_for(lambda: all(sidecar_caption(photo) for photo in slow), timeout=60), daemon.log()
     assert wait_for(lambda: "is degraded" in daemon.log()), daemon.log()
     assert daemon.log().count("is degraded") == 1
@@ -153,7 +153,7 @@ def test_on_degraded_runs_once_pausing_requests_and_the_daemon_resumes(
     assert wait_for(lambda: all(sidecar_caption(photo) for photo in first)), daemon.log()
     emulator.tokens_per_second = 5
     for index in range(2):
-        shutil.copyfile(FIXTURES / "PNG.png", originals / f"slow-{index}.png")
+        shutil.copyfile(FIXTURES / "PNG_plain.png", originals / f"slow-{index}.png")
     assert wait_for(lambda: marker.exists(), timeout=60), daemon.log()
     asked = len(emulator.generation_requests())
     waiting = originals / "while-restarting.jpg"

@@ -92,7 +92,7 @@ def test_exclude_is_a_ppignore_in_the_originals_and_storage_folders_are_skipped(
 def ignored_library(originals: Path) -> tuple[list[Path], list[Path]]:
     """Photos to caption and photos every producer must leave alone (.ppignore, Exclude, hidden, storage)."""
     wanted = [add_fixture(originals, "Canon_PowerShot_S40.jpg", "2024/keep.jpg"),
-              add_fixture(originals, "PNG.png", "2024/Trip/keep.png")]
+              add_fixture(originals, "PNG_plain.png", "2024/Trip/keep.png")]
     left_alone = [add_fixture(originals, "Nikon_COOLPIX_P1.jpg", "2024/Trip/private-1.jpg"),
                   add_fixture(originals, "Konica_Minolta_DiMAGE_Z3.jpg", "Scans/raw scan.jpg"),
                   add_fixture(originals, "GIF.gif", "2024/drafts/a.gif"),
@@ -133,7 +133,7 @@ def test_watch_leaves_ignored_files_alone_in_scans_events_and_queue(tmp_path: Pa
     # (touched afterwards, so that it settles only after the .ppignore exists).
     late = originals / "late"
     late.mkdir()
-    shutil.copyfile(FIXTURES / "PNG.png", late / "late.png")
+    shutil.copyfile(FIXTURES / "PNG_plain.png", late / "late.png")
     (late / ".ppignore").write_text("*.png\n")
     os.utime(late / "late.png")
     # New files: in an ignored folder, matching a pattern, in an excluded folder, and one to caption.

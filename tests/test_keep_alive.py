@@ -25,20 +25,20 @@ def test_run_keeps_the_model_loaded_while_photos_wait_and_releases_it_after_the_
     assert keep_alives(emulator)[0] == "1h"  # nothing was finished when the first request left
     emulator.clear()
     single = tmp_path / "single"
-    add_fixture(single, "PNG.png")
+    add_fixture(single, "PNG_plain.png")
     assert run_captiond("run", "--config", write_config(tmp_path, emulator.url), "--originals", single).exit_code == 0
     assert keep_alives(emulator) == ["1m"]
 
 
 def test_a_configured_keep_alive_is_sent_as_given(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
-    add_fixture(originals, "PNG.png")
+    add_fixture(originals, "PNG_plain.png")
     config = write_config(tmp_path, emulator.url, daemon={"KeepAlive": "-1"})
     assert run_captiond("run", "--config", config, "--originals", originals).exit_code == 0
     assert keep_alives(emulator) == ["-1"]
 
 
 def test_openai_servers_get_no_keep_alive(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
-    add_fixture(originals, "PNG.png")
+    add_fixture(originals, "PNG_plain.png")
     config = write_config(tmp_path, emulator.url, service={"Uri": f"{emulator.url}/v1/chat/completions"},
                           entry={"Engine": "openai"})
     assert run_captiond("run", "--config", config, "--originals", originals).exit_code == 0

@@ -51,7 +51,7 @@ def parse(body: str) -> Page:
 def served(tmp_path: Path, originals: Path, emulator: OllamaEmulator,
            start_daemon: Callable[..., Daemon]) -> Any:
     photos = [add_fixture(originals, "Canon_PowerShot_S40.jpg", name) if name.endswith(".jpg")
-              else add_fixture(originals, "PNG.png", name) for name in HOSTILE_NAMES]
+              else add_fixture(originals, "PNG_plain.png", name) for name in HOSTILE_NAMES]
     (originals / "broken <i>.jpg").write_bytes(b"\xff\xd8\xff not really a JPEG")
     emulator.reply = lambda body: HOSTILE_CAPTION
     daemon = start_daemon(config_for(tmp_path, emulator.url, Listen="127.0.0.1:0"), originals)

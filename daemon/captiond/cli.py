@@ -510,7 +510,7 @@ def command_status(arguments: argparse.Namespace) -> int:
         finally:
             client.close()
     schedule = QuietHours(config.daemon.schedule).paused_until() if config.daemon.schedule else ""
-    runtime = _runtime(config.daemon.state_dir / RUNTIME_FILE)
+    runtime = _runtime(database.parent / RUNTIME_FILE)
     report = {
         "database": str(database), "daemon": settings, "counts": counts, "queue": counts["pending"] + counts["running"],
         "schedule": (schedule or "open") if config.daemon.schedule else None, "running": runtime,
@@ -586,9 +586,9 @@ def _runtime(path: Path) -> dict[str, Any] | None:
 def _print_runtime(runtime: dict[str, Any] | None) -> None:
     """Print the daemon's own view: paused, degraded endpoints and their speed."""
     if runtime is None:
-        print("daemon: not running (or not for a while)")
+        print("running: no (or no word from the daemon for two minutes)")
         return
-    print(f"daemon: running (pid {runtime.get('pid')})" + (f", {runtime['paused']}" if runtime.get("paused") else ""))
+    print(f"running: pid {runtime.get('pid')}" + (f", {runtime['paused']}" if runtime.get("paused") else ""))
     for endpoint, reason in (runtime.get("degraded") or {}).items():
         print(f"DEGRADED {endpoint}: {reason}. Fix: {FIX}")
     for figures in runtime.get("endpoints") or []:
