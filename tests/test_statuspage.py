@@ -92,7 +92,8 @@ def test_the_page_shows_counts_captions_thumbnails_and_failures_all_escaped(serv
 def test_chromium_renders_the_page(served: Any, tmp_path: Path) -> None:
     address, _ = served
     flags = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}"]
+             "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp_path / 'chromium'}"]
     screenshot = tmp_path / "page.png"
     subprocess.run([*flags, f"--screenshot={screenshot}", "--window-size=1200,1400", f"{address}/"],
                    capture_output=True, timeout=180, check=False)
