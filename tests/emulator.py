@@ -23,11 +23,11 @@ Faults: ``server.enqueue(*behaviours)`` scripts the NEXT generation requests, on
 queue empty ``server.default_behaviour`` (None = normal) applies. Status/Drop/Garbage/Hang act before
 validation. ``server.blind = True``: the vision model answers without looking at its images (a red shape on
 white is otherwise described as such). ``tokens_per_second`` sets the reported eval_duration (slow it down to
-emulate a degraded GPU), ``vram_fraction`` the /api/ps size_vram of loaded models. Records:
-``server.requests`` (snapshot; ``time`` is time.monotonic()), ``generation_requests()``,
-``active``/``max_active`` (generations in flight, arrival to end) and ``processing``/``max_processing``
-(inside the ``parallel`` slots). ``stop()`` wakes waiting handlers and shuts open connections; ``start()``
-after ``stop()`` binds the same port again (a "restarted" server).
+emulate a degraded GPU), ``vram_fraction`` the /api/ps size_vram of loaded models, ``load_seconds`` the
+load_duration. Records: ``server.requests`` (snapshot; ``time`` is time.monotonic()),
+``generation_requests()``, ``active``/``max_active`` (generations in flight, arrival to end) and
+``processing``/``max_processing`` (inside the ``parallel`` slots). ``stop()`` wakes waiting handlers and shuts
+open connections; ``start()`` after ``stop()`` binds the same port again (a "restarted" server).
 """
 
 from __future__ import annotations
@@ -575,6 +575,8 @@ class _Handler(BaseHTTPRequestHandler):
                             "prompt_eval_count": 12 + 256 * len(_ollama_images(body)),
                             "prompt_eval_duration": total // 4, "eval_count": len(_words(text)),
                             "eval_duration": total // 2})
+                if emu.load_seconds is not None:
+                    out["load_duration"] = int(emu.load_seconds * 1e9)
                 if emu.tokens_per_second:
                     out["eval_duration"] = int(max(1, len(_words(text))) / emu.tokens_per_second * 1e9)
             return out
@@ -639,6 +641,7 @@ class OllamaEmulator:
         self.default_behaviour: Behaviour | None = None
         self.blind = False  # a vision model that no longer receives images and answers anyway
         self.tokens_per_second: float | None = None  # reported generation speed (eval_duration); None: as measured
+        self.load_seconds: float | None = None  # reported load_duration (a long one: the model was loaded again)
         self.vram_fraction: float | None = None  # /api/ps size_vram / size of loaded models (None: all on the GPU)
         self.loaded: set[str] = set()  # models that answered a generation request (listed by /api/ps)
         self.active = self.max_active = 0

@@ -80,3 +80,20 @@ def test_watch_pauses_while_the_model_is_blind_and_resumes_when_it_sees(
     assert wait_for(lambda: bool(sidecar_caption(photo)), timeout=60), daemon.log()
     assert daemon.stop() == 0
     assert sidecar_caption(photo).startswith("A photo with a calm scene, image")
+
+
+def test_watch_tests_again_when_the_model_was_loaded_again(
+        tmp_path: Path, originals: Path, emulator: OllamaEmulator, start_daemon: Callable[..., Daemon]) -> None:
+    first = add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    daemon = start_daemon(self_test_config(tmp_path, emulator.url), originals)
+    assert wait_for(lambda: bool(sidecar_caption(first))), daemon.log()
+    # The server restarts with a release that drops images: the next answer reports a model load.
+    emulator.load_seconds, emulator.blind = 6.0, True
+    reloaded = add_fixture(originals, "Nikon_COOLPIX_P1.jpg")
+    assert wait_for(lambda: "loaded the model again" in daemon.log() and "answers without seeing" in daemon.log()), \
+        daemon.log()
+    later = add_fixture(originals, "Konica_Minolta_DiMAGE_Z3.jpg")
+    assert wait_for(lambda: len(emulator.generation_requests()) >= 5), daemon.log()  # probes, no captions
+    assert not Path(f"{later}.xmp").exists()
+    assert sidecar_caption(reloaded) == "A photo with a calm scene."  # the answer that revealed the load
+    assert daemon.stop() == 0

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import Config
-from .degradation import FIX, Cadence, DegradationMonitor
+from .degradation import FIX, LOAD_SECONDS, Cadence, DegradationMonitor
 from .errors import ModelSetupError, ServerUnreachable
 from .health import HealthServer, Metrics, SystemdNotifier
 from .ignore import IgnoreRules
@@ -48,6 +48,7 @@ RELEASE_AFTER = "1m"  # auto keep_alive of the last request before the queue is 
 PS_INTERVAL = 60.0  # /api/ps is asked at most once a minute per endpoint
 RUNTIME_FILE = "runtime.json"  # what the running daemon knows, for `captiond status`
 RECENT_CAPTIONS = 12  # on the status page
+RETEST_AFTER_LOAD = 600.0  # a model load triggers the self-test at most this often
 COMMAND_TIMEOUT = 600.0  # Daemon.OnDegraded is killed after this long
 SERVER_BACK_TIMEOUT = 600.0  # how long to wait for the server after Daemon.OnDegraded
 
@@ -90,6 +91,7 @@ class WatchService:
                                           on_change=self.metrics.observe_speed)
         self._polls = Cadence(PS_INTERVAL)
         self._commands = Cadence(config.daemon.on_degraded_interval)
+        self._retests = Cadence(RETEST_AFTER_LOAD)
         self._runtime_written, self._runtime_at = "", 0.0
         for client in clients:
             client.keep_alive = self._keep_alive
@@ -486,6 +488,12 @@ class WatchService:
     def _on_figures(self, endpoint: str, answer: Answer) -> None:
         self._answered_since_poll = True
         self.monitor.observe(endpoint, answer.seconds, answer.figures)
+        reloaded = answer.figures.get("load_duration", 0.0) / 1e9 >= LOAD_SECONDS
+        testing = self._self_test is not None  # the self-test's own answer may well report the load
+        if reloaded and not testing and self.config.daemon.self_test and self._retests.due("reload"):
+            # The model was loaded again: perhaps by a restarted or upgraded server. Does it still see?
+            log.info("%s loaded the model again: running the self-test", endpoint)
+            self._next_self_test = 0.0
 
     def _run_on_degraded(self, endpoints: list[str]) -> None:
         """Run the user's command (no shell), pausing requests, then wait for the server to answer again."""
