@@ -153,7 +153,7 @@ def _credentialled_config(directory: Path, url: str, secrets: dict[str, str]) ->
              "Service": {"Uri": f"http://{host}/api/generate?token={secrets['labels_token']}",
                          "Key": "${LABELS_KEY}"}},
         ],
-        "Daemon": {"StateDir": str(directory / "state"), "Timeout": 10,
+        "Daemon": {"StateDir": str(directory / "state"), "Timeout": 10, "SelfTest": False,
                    "Retry": {"Attempts": 2, "Delay": 0.05, "MaxDelay": 0.2, "Total": 10}},
     }
     path = directory / "vision.yml"
