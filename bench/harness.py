@@ -120,7 +120,12 @@ def model_server(latency: float, parallel: int) -> Iterator[LeanEmulator]:
 # ---------------------------------------------------------------- configuration
 
 def write_config(path: Path, server_url: str, **daemon_settings: object) -> Path:
-    """Write a vision.yml pointing captiond at the emulator, with the given Daemon settings."""
+    """Write a vision.yml pointing captiond at the emulator, with the given Daemon settings.
+
+    The result cache is off unless CacheSize is given: the figures measure model calls, and a cache
+    shared between runs would answer them.
+    """
+    daemon_settings = {"CacheSize": 0, **daemon_settings}
     document = {
         "Models": [{"Type": "caption", "Model": MODEL_NAME, "Engine": "ollama",
                     "Service": {"Uri": f"{server_url}/api/generate"}}],

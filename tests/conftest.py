@@ -32,6 +32,13 @@ class Result:
     stderr: str
 
 
+@pytest.fixture(autouse=True)
+def private_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give every test its own default state folder, so no result cache is shared between tests."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+
+
 @pytest.fixture
 def emulator() -> Iterator[OllamaEmulator]:
     """An Ollama emulator on 127.0.0.1 with a vision model, a text-only model and a thinking model."""
@@ -57,11 +64,15 @@ def add_fixture(originals: Path, name: str, as_name: str | None = None) -> Path:
 
 def write_config(directory: Path, url: str, *, model: str = MODEL, service: dict[str, object] | None = None,
                  daemon: dict[str, object] | None = None, entry: dict[str, object] | None = None) -> Path:
-    """Write a vision.yml for the emulator with fast retries; return its path."""
+    """Write a vision.yml for the emulator with fast retries; return its path.
+
+    The result cache is off unless `daemon` sets CacheSize: many tests copy one fixture many times to
+    make work, and each copy must reach the model.
+    """
     document = {
         "Models": [{"Type": "caption", "Model": model, "Engine": "ollama",
                     "Service": {"Uri": f"{url}/api/generate", **(service or {})}, **(entry or {})}],
-        "Daemon": {"StateDir": str(directory / "state"), "Timeout": 10, "SelfTest": False,
+        "Daemon": {"StateDir": str(directory / "state"), "Timeout": 10, "SelfTest": False, "CacheSize": 0,
                    "Retry": {"Attempts": 3, "Delay": 0.05, "MaxDelay": 0.2, "Total": 20}, **(daemon or {})},
     }
     path = directory / "vision.yml"

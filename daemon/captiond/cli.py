@@ -29,6 +29,7 @@ from .admin import (
     recorded_model,
     root_over_library,
 )
+from .cache import ResultCache, open_cache
 from .config import Config, ModelConfig, find_config_file, load_config
 from .degradation import FIX
 from .endpoints import EndpointPool
@@ -243,6 +244,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     clients = _clients(runs)
     signal.signal(signal.SIGTERM, _terminate)
     quiet = QuietHours(config.daemon.schedule if arguments.respect_schedule else None)
+    state, cache = (None, None) if arguments.dry_run else open_cache(config.daemon.state_dir, config.daemon.cache_size)
     try:
         for kind, run in runs.items():
             if run.client is not None:
@@ -253,7 +255,7 @@ def command_run(arguments: argparse.Namespace) -> int:
             for client in {(id(client.pool), client.model.model_id): client for client in clients}.values():
                 check_sight(client)
         with Exiftool() as exiftool:
-            captioner = Captioner(config, runs, exiftool, options)
+            captioner = Captioner(config, runs, exiftool, options, cache)
             unlisted: list[Outcome] = []
             paths = list(scan(originals, terms, lambda folder, reason: unlisted.append(
                 Outcome(folder, FAILED, reason)), IgnoreRules(originals, config.daemon.exclude)))
@@ -283,6 +285,8 @@ def command_run(arguments: argparse.Namespace) -> int:
     finally:
         for client in clients:
             client.close()
+        if state is not None:
+            state.close()
     return EXIT_FAILURES if summary.failed else EXIT_OK
 
 
@@ -461,7 +465,8 @@ def command_watch(arguments: argparse.Namespace) -> int:
     abandoned = 0
     try:
         with Exiftool() as exiftool:
-            service = WatchService(config, Captioner(config, runs, exiftool, RunOptions()), clients, state)
+            cache = ResultCache(state, config.daemon.cache_size) if config.daemon.cache_size else None
+            service = WatchService(config, Captioner(config, runs, exiftool, RunOptions(), cache), clients, state)
             state.record_settings(daemon_settings(config, runs))
             for signal_number in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signal_number, lambda number, frame: service.request_stop())

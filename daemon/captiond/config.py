@@ -82,6 +82,7 @@ DAEMON_KEYS = frozenset(
         "Settle", "Rescan", "Watcher", "PollInterval", "Listen", "Retry", "Language", "Exclude",
         "Schedule", "SelfTest", "SelfTestInterval", "KeepAlive",
         "DegradedFraction", "DegradedImages", "OnDegraded", "OnDegradedInterval",
+        "CacheSize",
     }
 )
 RETRY_KEYS = frozenset({"Attempts", "Delay", "MaxDelay", "Total"})
@@ -204,6 +205,7 @@ class DaemonConfig:
     poll_interval: float = 30.0
     listen: str = ""
     language: str = ""
+    cache_size: int = 20000  # answers kept in the result cache; 0 turns it off
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     exclude: tuple[str, ...] = ()
     schedule: Schedule | None = None
@@ -501,6 +503,15 @@ class _Reader:
             return default
         return value
 
+    def count(self, mapping: Mapping[str, Any], key: str, where: str, default: int) -> int:
+        value = self.value(mapping, key, where)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.problem(f"{where}.{key}", f"expected a whole number of 0 or more, got {_kind(value)}")
+            return default
+        return value
+
     def percent(self, mapping: Mapping[str, Any], key: str, where: str, default: int) -> int:
         value = self.value(mapping, key, where)
         if value is None:
@@ -730,6 +741,7 @@ class _Reader:
             on_degraded_interval=self.duration(mapping, "OnDegradedInterval", where, 3600.0),
             self_test=self.boolean(mapping, "SelfTest", where, True),
             self_test_interval=self.duration(mapping, "SelfTestInterval", where, 6 * 3600.0) or 6 * 3600.0,
+            cache_size=self.count(mapping, "CacheSize", where, 20000),
             retry=RetryPolicy(
                 attempts=self.positive_int(retry, "Attempts", f"{where}.Retry", defaults.attempts),
                 delay=self.duration(retry, "Delay", f"{where}.Retry", defaults.delay),

@@ -115,6 +115,10 @@ _PLAIN_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,10}")
 _INERT_PATH = re.compile(rb"/[^%\n\r\0]*")  # no format code, no line break: exiftool takes it as it is
 
 
+# XMP-captiond:CaptionCached / LabelsCached: the answer was reused from the result cache.
+CACHED_NOTE = "result cache"
+
+
 @dataclass(frozen=True)
 class Provenance:
     """Who wrote a caption: recorded next to it in the XMP-captiond namespace."""
@@ -122,6 +126,7 @@ class Provenance:
     source: str
     model: str
     time: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    cached: bool = False  # the answer came from the result cache (the same prepared image was asked before)
 
 
 @dataclass(frozen=True)
@@ -536,6 +541,8 @@ def plan_caption(metadata: FileMetadata, caption: str, provenance: Provenance, e
     wanted["XMP-captiond:CaptionSource"] = inert(provenance.source)
     wanted["XMP-captiond:CaptionModel"] = inert(provenance.model)
     wanted["XMP-captiond:CaptionHash"] = caption_hash(caption)
+    if provenance.cached or "XMP-captiond:CaptionCached" in current:
+        wanted["XMP-captiond:CaptionCached"] = CACHED_NOTE if provenance.cached else ""  # '' deletes a stale note
     changes = {tag: value for tag, value in wanted.items() if current.get(tag) != value}
     if not changes:
         return WritePlan(metadata.path if embedded else metadata.sidecar, embedded, {})
@@ -582,6 +589,8 @@ def plan_keywords(metadata: FileMetadata, labels: list[str], provenance: Provena
         "XMP-lr:HierarchicalSubject": _complete_hierarchy(hierarchical, ours_before, persons, added, "|"),
         "XMP-captiond:AddedKeywords": tuple(added), "XMP-captiond:LabelsSource": inert(provenance.source),
         "XMP-captiond:LabelsModel": inert(provenance.model)}
+    if provenance.cached or "XMP-captiond:LabelsCached" in existing_tags:
+        wanted["XMP-captiond:LabelsCached"] = CACHED_NOTE if provenance.cached else ""  # '' deletes a stale note
     for tag, separator in FIRST_READ_HIERARCHIES.items():
         entries = metadata.visible_list(tag, in_sidecar=not embedded)
         if entries is not None:  # read before any other keyword tag: it gets everything too
@@ -845,7 +854,8 @@ _NEW_SIDECAR_TAGS: dict[str, tuple[str, str, str]] = {
     "XMP-dc:Subject": ("dc", "subject", "seq"),  # a Seq for PhotoPrism (see exiftool.config)
     "XMP-lr:HierarchicalSubject": ("lr", "hierarchicalSubject", "bag"),
     **{f"XMP-captiond:{name}": ("captiond", name, "text") for name in (
-        "CaptionSource", "CaptionModel", "CaptionTime", "CaptionHash", "LabelsSource", "LabelsModel", "LabelsTime")},
+        "CaptionSource", "CaptionModel", "CaptionTime", "CaptionHash", "CaptionCached", "LabelsSource", "LabelsModel",
+        "LabelsTime", "LabelsCached")},
     "XMP-captiond:AddedKeywords": ("captiond", "AddedKeywords", "bag"),
     "XMP-digiKam:TagsList": ("digiKam", "TagsList", "seq"),
     "XMP-microsoft:LastKeywordXMP": ("MicrosoftPhoto", "LastKeywordXMP", "bag"),

@@ -9,22 +9,32 @@ feed `process`.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import errno
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cache import CachedResult, ResultCache, cache_key
 from .captions import clean_caption
 from .config import Config, ModelConfig
 from .errors import AnswerError, ChangedMeanwhile, FileError, MetadataError, ModelSetupError
 from .imaging import PreparedImage, best_preview, is_raw, prepare_bytes, prepare_file
-from .labels import LABEL_SYSTEM, LABEL_SYSTEM_PHRASE, LABELS_SCHEMA, SCHEMA_INSTRUCTIONS, parse_labels, select_labels
+from .labels import (
+    LABEL_SYSTEM,
+    LABEL_SYSTEM_PHRASE,
+    LABELS_SCHEMA,
+    SCHEMA_INSTRUCTIONS,
+    Label,
+    parse_labels,
+    select_labels,
+)
 from .library import containment_problem, printable
 from .metadata import (
     Exiftool,
@@ -96,14 +106,26 @@ class Outcome:
     stages: Mapping[str, float] = field(default_factory=dict)  # seconds: read, decode, encode, request, write
 
 
+@dataclass
+class Answers:
+    """What the model(s) or the result cache gave for one photo."""
+
+    caption: str = ""
+    keywords: list[str] | None = None  # None: no labels asked, or they failed
+    labels_error: FileError | None = None
+    cached: set[str] = field(default_factory=set)  # the parts that came from the result cache
+
+
 class Captioner:
     """Holds what processing a file needs: the models and their clients, exiftool and the run's options."""
 
-    def __init__(self, config: Config, runs: Mapping[str, ModelRun], exiftool: Exiftool, options: RunOptions) -> None:
+    def __init__(self, config: Config, runs: Mapping[str, ModelRun], exiftool: Exiftool, options: RunOptions,
+                 cache: ResultCache | None = None) -> None:
         self.config = config
         self.runs = dict(runs)
         self.exiftool = exiftool
         self.options = options
+        self.cache = cache
         self._count_lock = threading.Lock()
         self._claimed = 0
 
@@ -136,13 +158,13 @@ class Captioner:
             stages["decode"] = image.decode_seconds
             stages["encode"] = image.encode_seconds
             with _timed(stages, "request"):
-                caption = self.ask_caption(image, metadata) if "caption" in todo else ""
-                keywords, labels_error = self._labels_or_error(image, metadata) if "labels" in todo else (None, None)
+                answers = self.answer(image, metadata, todo)
+            caption, keywords, labels_error = answers.caption, answers.keywords, answers.labels_error
             if labels_error is not None and not caption:
                 raise labels_error
             with _timed(stages, "write"):
                 written = self.write_unless_changed(metadata, embedded, caption, keywords, image, photo_changed,
-                                                    resolution)
+                                                    resolution, answers.cached)
             if written is None:  # the photo shows another image now: that one is captioned, not the old one
                 if replaced + 1 >= MAX_CHANGES:
                     raise MetadataError("the photo kept being replaced while it was captioned; will try again",
@@ -168,13 +190,22 @@ class Captioner:
             unforeseen = FileError(f"unexpected error: {type(exc).__name__}: {exc}", transient=True)
             return dataclasses.replace(_failure(path, unforeseen), unexpected=True)
 
-    def _labels_or_error(self, image: PreparedImage, metadata: FileMetadata) -> tuple[list[str] | None,
-                                                                                       FileError | None]:
-        """Return the labels, or the error that prevented them (a caption may still be written)."""
-        try:
-            return self.ask_labels(image, metadata), None
-        except FileError as error:
-            return None, error
+    def answer(self, image: PreparedImage, metadata: FileMetadata, todo: list[str]) -> Answers:
+        """Return the caption and labels asked for: from the result cache, else from the model(s)."""
+        answers = Answers()
+        if "caption" in todo:
+            answers.caption, cached = self.ask_caption(image, metadata)
+            if cached:
+                answers.cached.add("caption")
+        if "labels" in todo:
+            try:
+                answers.keywords, cached = self.ask_labels(image, metadata)
+            except FileError as error:  # a caption may still be written
+                answers.labels_error = error
+            else:
+                if cached:
+                    answers.cached.add("labels")
+        return answers
 
     def decide(self, metadata: FileMetadata, embedded: bool, photo_changed: bool) -> dict[str, Decision]:
         """Return, per model type of this run, whether to generate and why."""
@@ -200,11 +231,25 @@ class Captioner:
             return dataclasses.replace(image, decode_seconds=time.perf_counter() - started - image.encode_seconds)
         return prepare_file(metadata.path, resolution)
 
-    def ask_caption(self, image: PreparedImage, metadata: FileMetadata) -> str:
-        """Return the cleaned caption the caption model gives for an image."""
+    def ask_caption(self, image: PreparedImage, metadata: FileMetadata) -> tuple[str, bool]:
+        """Return the cleaned caption the caption model gives for an image, and whether it came from the cache."""
         run = self.runs["caption"]
         assert run.client is not None
         prompt = self.prompt(run.model, metadata) + self._language_instruction("Answer in {}.")
+        key = self._cache_key(image, "caption", run.model, prompt, run.model.system,
+                              max_length=self.config.daemon.max_length)
+        with self._exclusive(key):
+            cached = self._cached(key)
+            if cached is not None:
+                return cached.caption, True
+            caption = self._request_caption(image, metadata, prompt)
+            self._store(key, CachedResult(caption=caption), run.model)
+            return caption, False
+
+    def _request_caption(self, image: PreparedImage, metadata: FileMetadata, prompt: str) -> str:
+        """Return the cleaned caption of one model answer (asked twice if it holds none)."""
+        run = self.runs["caption"]
+        assert run.client is not None
         for attempt in (1, 2):
             answer = run.client.describe(image.jpeg, prompt, run.model.system, subject=self._name(metadata.path))
             try:
@@ -215,25 +260,63 @@ class Captioner:
                 log.info("%s: the model answered no caption; asking once more", self._name(metadata.path))
         raise AssertionError("unreachable")
 
-    def ask_labels(self, image: PreparedImage, metadata: FileMetadata) -> list[str]:
-        """Return the keywords the labels model gives for an image (asked twice if it answers no JSON)."""
+    def ask_labels(self, image: PreparedImage, metadata: FileMetadata) -> tuple[list[str], bool]:
+        """Return the keywords the labels model gives for an image (asked twice if it answers no JSON).
+
+        The second value says whether they came from the result cache.
+        """
         run = self.runs["labels"]
         assert run.client is not None
         normalize = (run.model.normalize or default_normalize(run.model.model_id)).lower()
         system = run.model.system or (LABEL_SYSTEM if normalize == "single-word" else LABEL_SYSTEM_PHRASE)
         prompt = (self.prompt(run.model, metadata) + self._language_instruction(" Write the label names in {}.")
                   + "\n" + SCHEMA_INSTRUCTIONS)
+        key = self._cache_key(image, "labels", run.model, prompt, system, schema=LABELS_SCHEMA)
+        with self._exclusive(key):
+            cached = self._cached(key)
+            if cached is not None and cached.labels is not None:
+                return select_labels(cached.labels, self.config.thresholds, normalize), True
+            labels = self._request_labels(image, metadata, prompt, system)
+            self._store(key, CachedResult(labels=tuple(labels)), run.model)
+        return select_labels(labels, self.config.thresholds, normalize), False
+
+    def _request_labels(self, image: PreparedImage, metadata: FileMetadata, prompt: str, system: str) -> list[Label]:
+        """Return the labels of one model answer (asked twice if it holds no JSON)."""
+        run = self.runs["labels"]
+        assert run.client is not None
         for attempt in (1, 2):
             answer = run.client.describe(image.jpeg, prompt, system, schema=LABELS_SCHEMA,
                                          subject=self._name(metadata.path))
             try:
-                labels = parse_labels(answer.best_text)
-                break
+                return parse_labels(answer.best_text)
             except AnswerError:
                 if attempt == 2:
                     raise
                 log.info("%s: the labels answer held no JSON; asking once more", self._name(metadata.path))
-        return select_labels(labels, self.config.thresholds, normalize)
+        raise AssertionError("unreachable")
+
+    def _cache_key(self, image: PreparedImage, kind: str, model: ModelConfig, prompt: str, system: str,
+                   **fields: object) -> str:
+        """Return the result-cache key of one request (everything that shapes the model's answer)."""
+        service = model.service
+        return cache_key(image.jpeg, kind, model.model_id, {
+            "prompt": prompt, "system": system, "options": dict(model.options), "format": model.format,
+            "think": service.think, "request_format": service.request_format,
+            "language": self.config.daemon.language, **fields})
+
+    def _exclusive(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """Hold a cache key while it is answered (nothing to hold without a cache)."""
+        return self.cache.exclusive(key) if self.cache is not None else contextlib.nullcontext()
+
+    def _cached(self, key: str) -> CachedResult | None:
+        """Return the cached answer for a key, unless there is no cache or --force asks for new answers."""
+        if self.cache is None or self.options.force:
+            return None
+        return self.cache.get(key)
+
+    def _store(self, key: str, result: CachedResult, model: ModelConfig) -> None:
+        if self.cache is not None:
+            self.cache.put(key, result, model.model_id)
 
     def prompt(self, model: ModelConfig, metadata: FileMetadata) -> str:
         """Return the model's prompt with {folder}, {date}, {camera} and {keywords} filled in where it asks."""
@@ -246,7 +329,8 @@ class Captioner:
         return prompt
 
     def write_unless_changed(self, metadata: FileMetadata, embedded: bool, caption: str, keywords: list[str] | None,
-                             image: PreparedImage, photo_changed: bool, resolution: int) -> Written | None:
+                             image: PreparedImage, photo_changed: bool, resolution: int,
+                             cached: Set[str] = frozenset()) -> Written | None:
         """Write, as long as the photo and its sidecars still hold what the decision was based on.
 
         When anything changed since they were read (a person's edit, another tool, a replaced photo),
@@ -256,7 +340,7 @@ class Captioner:
         """
         for _ in range(MAX_CHANGES):
             try:
-                return Written(self.write(metadata, embedded, caption, keywords), caption, keywords)
+                return Written(self.write(metadata, embedded, caption, keywords, cached), caption, keywords)
             except ChangedMeanwhile:
                 if fingerprint(metadata.path) is None:
                     return Written(False, "", None, skipped="the photo was deleted while the model answered")
@@ -274,35 +358,40 @@ class Captioner:
         raise MetadataError("the photo or its sidecar kept changing while it was written; will try again",
                             transient=True)
 
-    def write(self, metadata: FileMetadata, embedded: bool, caption: str, keywords: list[str] | None) -> bool:
+    def write(self, metadata: FileMetadata, embedded: bool, caption: str, keywords: list[str] | None,
+              cached: Set[str] = frozenset()) -> bool:
         """Write caption and keywords with their provenance in one exiftool call; return whether into the file.
 
         In embedded mode an existing sidecar of the photo gets them too: Immich, PhotoPrism and digiKam
         prefer the sidecar's values, and would otherwise go on showing the sidecar's. Raises
-        ChangedMeanwhile, with nothing written, when the files no longer hold what was read.
+        ChangedMeanwhile, with nothing written, when the files no longer hold what was read. `cached` names
+        the parts (caption, labels) that came from the result cache: their provenance says so.
         """
         if not unchanged(metadata.fingerprints):
             raise ChangedMeanwhile("the photo or its sidecar changed since it was read")
-        plan = self.plan(metadata, embedded, caption, keywords)
+        plan = self.plan(metadata, embedded, caption, keywords, cached)
         self.check_contained(metadata.path)
         if not embedded:
             self.check_contained(plan.target, missing_ok=True, what="the sidecar: ")
         self.exiftool.apply(plan, metadata.path if embedded else metadata.sidecar, metadata.fingerprints)
         if embedded and metadata.sidecar_exists:
             self.check_contained(metadata.sidecar, what="the sidecar: ")
-            self.exiftool.apply(self.plan(metadata, False, caption, keywords), metadata.sidecar,
+            self.exiftool.apply(self.plan(metadata, False, caption, keywords, cached), metadata.sidecar,
                                 _expected(metadata, metadata.sidecar))
         return embedded and not plan.empty
 
-    def plan(self, metadata: FileMetadata, embedded: bool, caption: str, keywords: list[str] | None) -> WritePlan:
+    def plan(self, metadata: FileMetadata, embedded: bool, caption: str, keywords: list[str] | None,
+             cached: Set[str] = frozenset()) -> WritePlan:
         """Return the tag changes for the photo (embedded) or its sidecar."""
         target = metadata.path if embedded else metadata.sidecar
         plan = WritePlan(target, embedded, {} if caption else plan_repaired_copies(metadata, embedded))
         if caption:
-            provenance = Provenance(self.source("caption"), self.runs["caption"].model.model_id)
+            provenance = Provenance(self.source("caption"), self.runs["caption"].model.model_id,
+                                    cached="caption" in cached)
             plan = plan_caption(metadata, caption, provenance, embedded)
         if keywords is not None:
-            provenance = Provenance(self.source("labels"), self.runs["labels"].model.model_id)
+            provenance = Provenance(self.source("labels"), self.runs["labels"].model.model_id,
+                                    cached="labels" in cached)
             plan = merge_plans(plan, plan_keywords(metadata, keywords, provenance, embedded))
             if not caption and not embedded and not plan.empty:
                 plan = merge_plans(plan, plan_carried_caption(metadata))
