@@ -30,6 +30,7 @@ from .admin import (
     root_over_library,
 )
 from .cache import ResultCache, open_cache
+from .combined import combinable, combined_model
 from .config import Config, ModelConfig, find_config_file, load_config
 from .degradation import FIX
 from .endpoints import EndpointPool
@@ -247,13 +248,15 @@ def command_run(arguments: argparse.Namespace) -> int:
     state, cache = (None, None) if arguments.dry_run else open_cache(config.daemon.state_dir, config.daemon.cache_size)
     try:
         for kind, run in runs.items():
-            if run.client is not None:
+            if run.client is not None and kind != "combined":  # the combined client is the labels model's
                 run.client.check()
                 log.info("%s: using %s on %s", "captions" if kind == "caption" else kind, run.model.model_id,
                          run.client.uri)
         if config.daemon.self_test and clients and quiet.wait_open(threading.Event()):
             for client in {(id(client.pool), client.model.model_id): client for client in clients}.values():
                 check_sight(client)
+        if "combined" in runs:
+            log.info("captions and labels: one request per photo (CombineOutputs)")
         with Exiftool() as exiftool:
             captioner = Captioner(config, runs, exiftool, options, cache)
             unlisted: list[Outcome] = []
@@ -328,6 +331,12 @@ def model_runs(config: Config, models: str, connect: bool = True) -> dict[str, M
             client = ModelClient(model, config.daemon, pool=pools.get(servers))
             pools[servers] = client.pool
         runs[kind] = ModelRun(model, client)
+    if "caption" in runs and "labels" in runs and combinable(runs["caption"].model, runs["labels"].model,
+                                                             config.daemon):
+        model = combined_model(runs["caption"].model, runs["labels"].model)
+        labels_client = runs["labels"].client
+        client = None if labels_client is None else ModelClient(model, config.daemon, pool=labels_client.pool)
+        runs["combined"] = ModelRun(model, client)
     return runs
 
 

@@ -83,6 +83,7 @@ DAEMON_KEYS = frozenset(
         "Schedule", "SelfTest", "SelfTestInterval", "KeepAlive",
         "DegradedFraction", "DegradedImages", "OnDegraded", "OnDegradedInterval",
         "CacheSize",
+        "CombineOutputs",
     }
 )
 RETRY_KEYS = frozenset({"Attempts", "Delay", "MaxDelay", "Total"})
@@ -154,6 +155,7 @@ class ModelConfig:
     default: bool = False
     disabled: bool = False
     implied: bool = False  # not in the file: derived from the caption model
+    combine_outputs: bool = False  # Options.CombineOutputs: caption and labels may share one request
 
     @property
     def model_id(self) -> str:
@@ -206,6 +208,7 @@ class DaemonConfig:
     listen: str = ""
     language: str = ""
     cache_size: int = 20000  # answers kept in the result cache; 0 turns it off
+    combine_outputs: bool = False  # ask for caption and labels in one request where the same model serves both
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     exclude: tuple[str, ...] = ()
     schedule: Schedule | None = None
@@ -576,7 +579,15 @@ class _Reader:
             service=service,
             default=self.boolean(entry, "Default", where, False),
             disabled=self.boolean(entry, "Disabled", where, False),
+            combine_outputs=self.combine_outputs(entry.get("Options")),
         )
+
+    def combine_outputs(self, options: Any) -> bool:
+        """Return PhotoPrism's Options.CombineOutputs (a string there) as a switch: any value but off/false."""
+        value = options.get("CombineOutputs") if isinstance(options, dict) else None
+        if value is None or isinstance(value, bool):
+            return bool(value)
+        return str(value).strip().lower() not in ("", "false", "no", "off", "none", "0")
 
     def service(self, value: Any, where: str, engine: str, model_type: str) -> Service:
         mapping = self.mapping(value, where)
@@ -742,6 +753,7 @@ class _Reader:
             self_test=self.boolean(mapping, "SelfTest", where, True),
             self_test_interval=self.duration(mapping, "SelfTestInterval", where, 6 * 3600.0) or 6 * 3600.0,
             cache_size=self.count(mapping, "CacheSize", where, 20000),
+            combine_outputs=self.boolean(mapping, "CombineOutputs", where, False),
             retry=RetryPolicy(
                 attempts=self.positive_int(retry, "Attempts", f"{where}.Retry", defaults.attempts),
                 delay=self.duration(retry, "Delay", f"{where}.Retry", defaults.delay),

@@ -57,7 +57,7 @@ def parse_labels(text: str) -> list[Label]:
 
     Raises AnswerError when the answer holds no usable JSON at all.
     """
-    document = _find_json(strip_thinking(text))
+    document = find_json(strip_thinking(text))
     if document is None:
         raise AnswerError(f"the labels answer held no JSON: {text.strip()[:80]!r}")
     items = document.get("labels") if isinstance(document, dict) else document
@@ -71,7 +71,7 @@ def parse_labels(text: str) -> list[Label]:
     return labels
 
 
-def _find_json(text: str) -> Any:
+def find_json(text: str) -> Any:
     """Return the first JSON object or list in text (fenced, wrapped in prose, or bare), else None.
 
     Bounded: at most MAX_JSON_STARTS places are tried per candidate, and a document nested deeper than

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .cache import CachedResult, ResultCache, cache_key
 from .captions import clean_caption
+from .combined import COMBINED_SCHEMA, combined_prompt, parse_combined
 from .config import Config, ModelConfig
 from .errors import AnswerError, ChangedMeanwhile, FileError, MetadataError, ModelSetupError
 from .imaging import PreparedImage, best_preview, is_raw, prepare_bytes, prepare_file
@@ -126,6 +127,7 @@ class Captioner:
         self.exiftool = exiftool
         self.options = options
         self.cache = cache
+        self._combining_failed = threading.Event()
         self._count_lock = threading.Lock()
         self._claimed = 0
 
@@ -192,6 +194,10 @@ class Captioner:
 
     def answer(self, image: PreparedImage, metadata: FileMetadata, todo: list[str]) -> Answers:
         """Return the caption and labels asked for: from the result cache, else from the model(s)."""
+        if "caption" in todo and "labels" in todo and self._combining:
+            combined = self.ask_combined(image, metadata)
+            if combined is not None:
+                return combined
         answers = Answers()
         if "caption" in todo:
             answers.caption, cached = self.ask_caption(image, metadata)
@@ -294,6 +300,54 @@ class Captioner:
                     raise
                 log.info("%s: the labels answer held no JSON; asking once more", self._name(metadata.path))
         raise AssertionError("unreachable")
+
+    def ask_combined(self, image: PreparedImage, metadata: FileMetadata) -> Answers | None:
+        """Return caption and labels from one request (or the cache); None when the model failed it twice.
+
+        A model that fails the combined answer twice is asked in two requests from then on.
+        """
+        run = self.runs["combined"]
+        assert run.client is not None
+        labels_model = self.runs["labels"].model
+        normalize = (labels_model.normalize or default_normalize(labels_model.model_id)).lower()
+        system = labels_model.system or (LABEL_SYSTEM if normalize == "single-word" else LABEL_SYSTEM_PHRASE)
+        caption_system = self.runs["caption"].model.system
+        system = f"{caption_system}\n{system}" if caption_system else system
+        prompt = combined_prompt(
+            self.prompt(self.runs["caption"].model, metadata) + self._language_instruction("Answer in {}."),
+            self.prompt(labels_model, metadata) + self._language_instruction(" Write the label names in {}."))
+        max_length = self.config.daemon.max_length
+        key = self._cache_key(image, "combined", run.model, prompt, system, schema=COMBINED_SCHEMA,
+                              max_length=max_length)
+        with self._exclusive(key):
+            cached = self._cached(key)
+            if cached is not None and cached.labels is not None:
+                return Answers(cached.caption, select_labels(cached.labels, self.config.thresholds, normalize),
+                               cached={"caption", "labels"})
+            for attempt in (1, 2):
+                answer = run.client.describe(image.jpeg, prompt, system, schema=COMBINED_SCHEMA,
+                                             subject=self._name(metadata.path))
+                try:
+                    caption, labels = parse_combined(answer.best_text, max_length)
+                    break
+                except AnswerError as error:
+                    if attempt == 2:
+                        self._stop_combining(error)
+                        return None
+                    log.info("%s: the combined answer was unusable (%s); asking once more",
+                             self._name(metadata.path), error.reason)
+            self._store(key, CachedResult(caption, tuple(labels)), run.model)
+        return Answers(caption, select_labels(labels, self.config.thresholds, normalize))
+
+    @property
+    def _combining(self) -> bool:
+        return "combined" in self.runs and not self._combining_failed.is_set()
+
+    def _stop_combining(self, error: AnswerError) -> None:
+        if not self._combining_failed.is_set():
+            log.warning("%s failed the combined caption and labels answer twice (%s): asking for caption and "
+                        "labels in two requests from now on", self.runs["combined"].model.model_id, error.reason)
+        self._combining_failed.set()
 
     def _cache_key(self, image: PreparedImage, kind: str, model: ModelConfig, prompt: str, system: str,
                    **fields: object) -> str:
