@@ -29,6 +29,7 @@ from .admin import (
     recorded_model,
     root_over_library,
 )
+from .apps import AppNotifier
 from .cache import ResultCache, open_cache
 from .combined import combinable, combined_model
 from .config import Config, ModelConfig, find_config_file, load_config
@@ -63,6 +64,7 @@ log = logging.getLogger("captiond")
 
 RUNTIME_FRESH = 120.0  # seconds: an older runtime.json belongs to a daemon that is gone
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+APP_FLUSH_SECONDS = 30.0  # at the end of a run: how long to keep trying to tell PhotoPrism and Immich
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 128 + signal.SIGTERM
 
 
@@ -246,6 +248,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     quiet = QuietHours(config.daemon.schedule if arguments.respect_schedule else None)
     state, cache = (None, None) if arguments.dry_run else open_cache(config.daemon.state_dir, config.daemon.cache_size)
+    apps = AppNotifier(config.daemon, originals)
     try:
         for kind, run in runs.items():
             if run.client is not None and kind != "combined":  # the combined client is the labels model's
@@ -277,6 +280,8 @@ def command_run(arguments: argparse.Namespace) -> int:
                 def record(outcome: Outcome) -> None:
                     summary.add(outcome)
                     progress.advance(outcome)
+                    if outcome.written:
+                        apps.written(outcome.path, outcome.created_sidecar)
                 try:
                     run_pipeline(captioner, paths, record, gate=quiet.wait_open)
                 finally:
@@ -290,6 +295,7 @@ def command_run(arguments: argparse.Namespace) -> int:
             client.close()
         if state is not None:
             state.close()
+        apps.stop(flush_seconds=APP_FLUSH_SECONDS)
     return EXIT_FAILURES if summary.failed else EXIT_OK
 
 
@@ -438,7 +444,15 @@ def command_ls(arguments: argparse.Namespace) -> int:
               str(row["resolution"]), json.dumps(row["options"], separators=(",", ":")), str(row["status"])]
              for row in rows]
     _print_table(headers, table)
+    for name, address in _apps(config).items():
+        print(f"{name}: {address}")
     return EXIT_OK
+
+
+def _apps(config: Config) -> dict[str, str]:
+    """Return the photo apps captiond tells about written files, with their secrets redacted."""
+    apps = {"PhotoPrism": config.daemon.photoprism, "Immich": config.daemon.immich}
+    return {name: app.redacted() for name, app in apps.items() if app is not None}
 
 
 def _model_row(config: Config, model: ModelConfig) -> dict[str, object]:
@@ -529,7 +543,7 @@ def command_status(arguments: argparse.Namespace) -> int:
         "database": str(database), "daemon": settings, "counts": counts, "queue": counts["pending"] + counts["running"],
         "schedule": (schedule or "open") if config.daemon.schedule else None, "running": runtime,
         "next_due_in_seconds": None if next_due is None else max(0.0, round(next_due - time.time(), 1)),
-        "model": reachable,
+        "model": reachable, "apps": _apps(config),
         "failures": [{"path": _shown(row.path, originals), "state": row.state,
                       "attempts": row.attempts, "reason": redact(row.last_error)} for row in failures],
     }
@@ -546,6 +560,8 @@ def command_status(arguments: argparse.Namespace) -> int:
     if config.daemon.schedule is not None:
         print(f"quiet hours: {schedule or 'open now'} (Daemon.Schedule {config.daemon.schedule.text})")
     _print_runtime(runtime)
+    for name, address in _apps(config).items():
+        print(f"{name.lower()}: {address}")
     if failures:
         print("latest failures (`captiond retry` queues them again):")
         for row in failures:

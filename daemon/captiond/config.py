@@ -84,8 +84,10 @@ DAEMON_KEYS = frozenset(
         "DegradedFraction", "DegradedImages", "OnDegraded", "OnDegradedInterval",
         "CacheSize",
         "CombineOutputs",
+        "PhotoPrism", "Immich",
     }
 )
+APP_KEYS = frozenset({"Url", "Interval", "Originals"})
 RETRY_KEYS = frozenset({"Attempts", "Delay", "MaxDelay", "Total"})
 TOP_KEYS = frozenset({"Models", "Thresholds", "Daemon"})
 
@@ -180,6 +182,20 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class AppConfig:
+    """A photo app to tell about written files (Daemon.PhotoPrism, Daemon.Immich); `token` is a secret."""
+
+    url: str
+    token: str = field(repr=False)
+    interval: float = 30.0  # at most one request per folder (PhotoPrism) or batch (Immich) this often
+    originals: str = ""  # Immich: where it sees the originals folder, when that differs from ours
+
+    def redacted(self) -> str:
+        """Return the address with the secret left out, for ls, status and log lines."""
+        return f"{self.url} (token {'set' if self.token else 'missing'})"
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """How transient model failures are retried within one request."""
 
@@ -209,6 +225,8 @@ class DaemonConfig:
     language: str = ""
     cache_size: int = 20000  # answers kept in the result cache; 0 turns it off
     combine_outputs: bool = False  # ask for caption and labels in one request where the same model serves both
+    photoprism: AppConfig | None = None
+    immich: AppConfig | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     exclude: tuple[str, ...] = ()
     schedule: Schedule | None = None
@@ -719,6 +737,22 @@ class _Reader:
             nsfw=self.percent(mapping, "NSFW", "Thresholds", 75),
         )
 
+    def app(self, daemon: Mapping[str, Any], name: str, secret: str) -> AppConfig | None:
+        """Return Daemon.PhotoPrism / Daemon.Immich ({Url, Token or Key, Interval}), or None when not set."""
+        where = f"Daemon.{name}"
+        if daemon.get(name) is None:
+            return None
+        mapping = self.mapping(daemon.get(name), where)
+        self.check_keys(mapping, APP_KEYS | {secret}, where)
+        url = self.string(mapping, "Url", where, "").strip().rstrip("/")
+        if not re.match(r"^https?://[^/\s]+", url):
+            self.problem(f"{where}.Url", f"expected an http:// or https:// address, got {_kind(mapping.get('Url'))}")
+        token = self.string(mapping, secret, where, "").strip()
+        if not token:
+            self.problem(f"{where}.{secret}", "required (an app password or API key)")
+        return AppConfig(url, token, self.duration(mapping, "Interval", where, 30.0),
+                         self.string(mapping, "Originals", where, "").rstrip("/"))
+
     def daemon(self, value: Any) -> DaemonConfig:
         where = "Daemon"
         mapping = self.mapping(value, where)
@@ -754,6 +788,8 @@ class _Reader:
             self_test_interval=self.duration(mapping, "SelfTestInterval", where, 6 * 3600.0) or 6 * 3600.0,
             cache_size=self.count(mapping, "CacheSize", where, 20000),
             combine_outputs=self.boolean(mapping, "CombineOutputs", where, False),
+            photoprism=self.app(mapping, "PhotoPrism", "Token"),
+            immich=self.app(mapping, "Immich", "Key"),
             retry=RetryPolicy(
                 attempts=self.positive_int(retry, "Attempts", f"{where}.Retry", defaults.attempts),
                 delay=self.duration(retry, "Delay", f"{where}.Retry", defaults.delay),

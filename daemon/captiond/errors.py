@@ -9,6 +9,7 @@ raised (``raise OurError(...) from exc``) and never leak.
     ├── UsageError                     exit 2: the command line is wrong
     ├── ExiftoolError                  exit 2: exiftool is missing or died and cannot be restarted
     ├── StateError                     exit 2: the state database cannot be opened or written
+    ├── AppError                       PhotoPrism or Immich refused or did not answer (never stops captioning)
     ├── ModelSetupError                exit 3: stops the run; the model cannot be used at all
     │   ├── ServerUnreachable          nobody answers at the Uri (after retries)
     │   ├── ModelNotFound              the server does not have the model (`ollama pull` it)
@@ -64,6 +65,15 @@ class StateError(CaptiondError):
     """The state database cannot be opened or written."""
 
     exit_code = 2
+
+
+class AppError(CaptiondError):
+    """A photo app (PhotoPrism, Immich) could not be told about written files; `transient`: try again later."""
+
+    def __init__(self, reason: str, transient: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
 
 
 class ModelSetupError(CaptiondError):

@@ -105,6 +105,12 @@ class Outcome:
     unexpected: bool = False  # an error no check foresaw (a defect): the daemon tries a few times, then quarantines
     wrote_original: bool = False
     stages: Mapping[str, float] = field(default_factory=dict)  # seconds: read, decode, encode, request, write
+    created_sidecar: bool = False  # the sidecar written did not exist before (apps must discover it)
+
+    @property
+    def written(self) -> bool:
+        """Return whether a caption or keywords were written (also when the labels failed after the caption)."""
+        return self.status == CAPTIONED or (self.status == FAILED and bool(self.caption))
 
 
 @dataclass
@@ -176,10 +182,12 @@ class Captioner:
             if written.skipped:
                 return Outcome(path, SKIPPED, written.skipped, wrote_original=written.into_photo, stages=stages)
             caption, keywords = written.caption, written.keywords
+            created_sidecar = not embedded and not metadata.sidecar_exists
             if labels_error is not None:  # the caption is written; the labels failed
-                return _failure(path, labels_error, "labels: ", caption)
+                return dataclasses.replace(_failure(path, labels_error, "labels: ", caption),
+                                           created_sidecar=created_sidecar)
             return Outcome(path, CAPTIONED, reason, caption, None if keywords is None else tuple(keywords),
-                           wrote_original=written.into_photo, stages=stages)
+                           wrote_original=written.into_photo, stages=stages, created_sidecar=created_sidecar)
         except FileError as error:
             return _failure(path, error)
         except OSError as exc:  # a file system refusal no check above foresaw: this file's failure, not the run's

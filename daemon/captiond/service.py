@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .apps import AppNotifier
 from .config import Config
 from .degradation import FIX, LOAD_SECONDS, Cadence, DegradationMonitor
 from .errors import ModelSetupError, ServerUnreachable
@@ -99,6 +100,7 @@ class WatchService:
         self._answered_since_poll = False
         self._captions: collections.deque[Caption] = collections.deque(maxlen=RECENT_CAPTIONS)
         self._finished: collections.deque[float] = collections.deque(maxlen=200)  # monotonic times, for the ETA
+        self.apps = AppNotifier(config.daemon, self.originals, self.metrics.registry)
         self.settle = config.daemon.settle
         self.workers = captioner.capacity + 2
         self.stop = threading.Event()
@@ -142,6 +144,7 @@ class WatchService:
             thread.start()
         if not self._model_error:
             self.metrics.model_up.set(1)
+        self.apps.start()
         self.notifier.send("READY=1\nSTATUS=starting: first scan of the originals")
         log.info("watching %s (%s); settle %.1fs, rescan every %.0fs", self.originals, self._watcher_kind(),
                  self.settle, self.config.daemon.rescan)
@@ -157,6 +160,7 @@ class WatchService:
             if health is not None:
                 health.stop()
             self._tester.shutdown(wait=False, cancel_futures=True)
+            self.apps.stop()
             self.state.recover()
 
     def request_stop(self) -> None:
@@ -403,6 +407,8 @@ class WatchService:
         if outcome.status != FAILED or not outcome.transient:
             self.metrics.model_up.set(1)
         name = self._relative(row.path)
+        if outcome.written:
+            self.apps.written(row.path, outcome.created_sidecar)
         if outcome.status != FAILED:
             final_stat = Stat.of(row.path) if outcome.wrote_original else stat
             self.state.finish(row.path, DONE, final_stat, outcome.reason)
