@@ -223,3 +223,33 @@ def test_app_settings_are_checked_and_secrets_are_redacted(tmp_path: Path, emula
     assert TOKEN not in listing.stdout + listing.stderr and KEY not in listing.stdout + listing.stderr
     as_json = run_captiond("ls", "--config", path, "--json")
     assert TOKEN not in as_json.stdout and KEY not in as_json.stdout
+
+
+def test_album_person_and_label_filters_are_resolved_through_photoprism(
+        tmp_path: Path, originals: Path, emulator: OllamaEmulator, photoprism: PhotoPrismEmulator) -> None:
+    for name in ("2024/a.jpg", "2024/b.jpg", "2024/c.jpg", "Family/d.jpg"):
+        add_fixture(originals, PHOTO, name)
+    photoprism.search_results = {"album:Holiday": ["2024/a.jpg", "2024/b.jpg"], "person:Jane": ["Family/d.jpg"]}
+    config = apps_config(tmp_path, emulator.url, PhotoPrism={"Url": photoprism.url, "Token": TOKEN})
+
+    result = run_captiond("run", "--config", config, "--originals", originals, "album:Holiday", "person:Jane")
+
+    assert result.exit_code == 0, result.stderr
+    assert "captioned 3" in result.stdout
+    assert sorted(path.name for path in originals.rglob("*.xmp")) == ["a.jpg.xmp", "b.jpg.xmp", "d.jpg.xmp"]
+    searches = [call for call in photoprism.calls if call.path == "/api/v1/photos"]
+    assert sorted(call.query["q"][0] for call in searches) == ["album:Holiday", "person:Jane"]
+    assert all(call.headers["authorization"] == f"Bearer {TOKEN}" for call in searches)
+
+    nothing = run_captiond("run", "--config", config, "--originals", originals, "label:volcano", "--dry-run")
+    assert nothing.exit_code == 0, nothing.stderr
+    assert "would caption" not in nothing.stderr and "captioned 0" in nothing.stdout  # never the whole library
+
+
+def test_photoprism_filters_need_photoprism(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
+    add_fixture(originals, PHOTO)
+    result = run_captiond("run", "--config", write_config(tmp_path, emulator.url), "--originals", originals,
+                          "album:Holiday")
+    assert result.exit_code == 2
+    assert "album:, person: and label: filters are answered by PhotoPrism" in result.stderr
+    assert not list(originals.rglob("*.xmp"))

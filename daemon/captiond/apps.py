@@ -32,11 +32,13 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .config import AppConfig, DaemonConfig
-from .errors import AppError
-from .library import printable
+from .errors import AppError, UsageError
+from .library import FilterTerm, printable
 
 log = logging.getLogger(__name__)
 
+# Filter terms only PhotoPrism can answer (its search filters); captiond asks its search API for the files.
+PHOTOPRISM_FILTERS = ("album:", "albums:", "person:", "people:", "subject:", "label:", "keywords:")
 QUIET_SECONDS = 2.0  # wait this long after a folder's first write, so one request covers a burst
 MAX_RETRY_DELAY = 600.0
 SEARCH_PAGE = 100
@@ -350,3 +352,34 @@ def _error_message(response: httpx.Response) -> str:
             message = "; ".join(str(part) for part in message)
         return str(message)[:200]
     return ""
+
+
+def photoprism_terms(words: Iterable[str], app: AppConfig | None, originals: Path) -> list[FilterTerm]:
+    """Return one exact-path term per file PhotoPrism's search finds for album:, person:, label: ... words.
+
+    Raises UsageError when PhotoPrism is not configured or cannot answer. A word that finds nothing
+    leaves a term that matches nothing (so the filter never widens to the whole library).
+    """
+    words = list(words)
+    if not words:
+        return []
+    if app is None:
+        raise UsageError(f"{' '.join(words)}: album:, person: and label: filters are answered by PhotoPrism: "
+                         "set Daemon.PhotoPrism {Url, Token} in vision.yml")
+    indexer = PhotoPrismIndexer(app, originals)
+    terms = [FilterTerm("file", "")]  # matches nothing: the filter stays a filter when the search finds nothing
+    try:
+        for word in words:
+            found = indexer.search_paths(word)
+            log.info("PhotoPrism finds %d files for %s", len(found), word)
+            terms += [FilterTerm("file", path.relative_to(originals).as_posix()) for path in found]
+    except AppError as error:
+        raise UsageError(f"cannot resolve {' '.join(words)} through PhotoPrism: {error.reason}") from error
+    finally:
+        indexer.http.close()
+    return terms
+
+
+def is_photoprism_filter(word: str) -> bool:
+    """Return whether a filter word is one only PhotoPrism can answer (album:, person:, label: ...)."""
+    return word.lower().startswith(PHOTOPRISM_FILTERS)

@@ -29,7 +29,7 @@ from .admin import (
     recorded_model,
     root_over_library,
 )
-from .apps import AppNotifier
+from .apps import AppNotifier, is_photoprism_filter, photoprism_terms
 from .cache import ResultCache, open_cache
 from .combined import combinable, combined_model
 from .config import Config, ModelConfig, find_config_file, load_config
@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", parents=[common], help="caption the library (or the files matching FILTER) once",
                               description="Caption every photo under the originals folder that needs it, then exit. "
                               "FILTER terms are paths or globs relative to the originals "
-                              "(also path:DIR and name:GLOB); "
+                              "(also path:DIR and name:GLOB; album:, person: and label: are answered by "
+                              "PhotoPrism's search when Daemon.PhotoPrism is set); "
                               "a file matching any term is taken.")
     run.add_argument("filters", nargs="*", metavar="FILTER")
     run.add_argument("--models", "-m", default="caption", help="model types to run, comma-separated (default: caption)")
@@ -243,7 +244,9 @@ def command_run(arguments: argparse.Namespace) -> int:
         log.warning("%s", warning)
     runs = model_runs(config, arguments.models, connect=not arguments.dry_run)
     options = RunOptions(arguments.source, arguments.force, arguments.dry_run, arguments.count)
-    terms = parse_filter(arguments.filters, originals)
+    terms = parse_filter([word for word in arguments.filters if not is_photoprism_filter(word)], originals)
+    terms += tuple(photoprism_terms([word for word in arguments.filters if is_photoprism_filter(word)],
+                                    config.daemon.photoprism, originals))
     clients = _clients(runs)
     signal.signal(signal.SIGTERM, _terminate)
     quiet = QuietHours(config.daemon.schedule if arguments.respect_schedule else None)

@@ -32,6 +32,8 @@ class FilterTerm:
 
     def matches(self, relative: str, name: str) -> bool:
         """Return whether a file (its path relative to the originals, and its name) matches this term."""
+        if self.kind == "file":  # one exact path (from PhotoPrism's search): no glob characters
+            return relative == self.pattern
         if self.kind == "name":
             return fnmatch.fnmatch(name, self.pattern) or fnmatch.fnmatch(name.lower(), self.pattern.lower())
         pattern = self.pattern.strip("/")
