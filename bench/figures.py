@@ -36,6 +36,7 @@ from inputs import (
     raw_with_preview,
     tiny_library,
 )
+from model_calls import combined_requests, duplicate_library
 from PIL import Image
 from results import BenchmarkResult, Measurement
 
@@ -523,4 +524,4 @@ def prepare_times(settings: Settings, folders: Folders) -> BenchmarkResult:
 
 
 BENCHMARKS = {"B1": throughput, "B2": busy_ratio, "B3": watch_latency, "B4": rescan, "B5": memory,
-              "B6": prepare_times}
+              "B6": prepare_times, "B7": combined_requests, "B8": duplicate_library}
