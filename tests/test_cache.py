@@ -163,10 +163,10 @@ def test_watch_reuses_answers_for_copies(tmp_path: Path, originals: Path, emulat
     first = add_fixture(originals, PHOTO, f"a/{PHOTO}")
     daemon = Daemon(config_for(tmp_path, emulator.url, **CACHE_ON), originals, tmp_path / "daemon.log")
     try:
-        assert wait_for(lambda: bool(sidecar_caption(first))), daemon.log()
+        assert wait_for(lambda: bool(sidecar_caption(first)), timeout=30), daemon.log()
         (originals / "b").mkdir()
         shutil.copyfile(FIXTURES / PHOTO, originals / "b" / PHOTO)
-        assert wait_for(lambda: bool(sidecar_caption(originals / "b" / PHOTO))), daemon.log()
+        assert wait_for(lambda: bool(sidecar_caption(originals / "b" / PHOTO)), timeout=30), daemon.log()
         assert daemon.stop() == 0
     finally:
         if daemon.process.poll() is None:

@@ -252,6 +252,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     quiet = QuietHours(config.daemon.schedule if arguments.respect_schedule else None)
     state, cache = (None, None) if arguments.dry_run else open_cache(config.daemon.state_dir, config.daemon.cache_size)
     apps = AppNotifier(config.daemon, originals)
+    apps.start()  # a long run tells the apps as it goes, not only at its end
     try:
         for kind, run in runs.items():
             if run.client is not None and kind != "combined":  # the combined client is the labels model's
