@@ -256,3 +256,19 @@ def test_photoprism_filters_need_photoprism(tmp_path: Path, originals: Path, emu
     assert result.exit_code == 2
     assert "album:, person: and label: filters are answered by PhotoPrism" in result.stderr
     assert not list(originals.rglob("*.xmp"))
+
+
+def test_a_key_that_may_not_start_sidecar_discovery_still_refreshes_the_assets(
+        tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
+    photo = add_fixture(originals, PHOTO)
+    with ImmichEmulator(key=KEY, admin=False) as immich:
+        asset = immich.add_asset(str(photo))
+        config = apps_config(tmp_path, emulator.url, Immich={"Url": immich.url, "Key": KEY})
+
+        result = run_captiond("run", "--config", config, "--originals", originals)
+
+        assert result.exit_code == 0, result.stderr
+        assert immich.jobs() == [{"assetIds": [asset], "name": "refresh-metadata"}]
+        assert len(immich.sidecar_commands()) == 1  # refused (403), and not asked again
+        assert "needs an admin's API key" in result.stderr
+        assert "could not tell the photo apps" not in result.stderr

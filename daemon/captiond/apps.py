@@ -130,6 +130,7 @@ class ImmichRefresher:
         self.app = app
         self.originals = originals
         self.http = _Http(app, "Immich", {"x-api-key": app.token}, timeout=60.0)
+        self._discovery_refused = False
 
     def immich_path(self, photo: Path) -> str:
         """Return the photo's path as Immich sees it (Daemon.Immich.Originals replaces our originals folder)."""
@@ -155,11 +156,23 @@ class ImmichRefresher:
     def refresh(self, photos: Iterable[Path], new_sidecars: bool) -> int:
         """Queue metadata extraction for the photos' assets (and sidecar discovery); return how many assets."""
         ids = sorted({asset for photo in photos for asset in self.asset_ids(photo)})
-        if new_sidecars:
-            self.http.call("PUT", "/api/jobs/sidecar", {"command": "start", "force": False})
         if ids:
             self.http.call("POST", "/api/assets/jobs", {"assetIds": ids, "name": "refresh-metadata"})
+        if new_sidecars and ids:
+            self.discover_sidecars()
         return len(ids)
+
+    def discover_sidecars(self) -> None:
+        """Start Immich's sidecar discovery; a key that may not (not an admin's) is a warning, once."""
+        try:
+            self.http.call("PUT", "/api/jobs/sidecar", {"command": "start", "force": False})
+        except AppError as error:
+            if error.transient:
+                raise
+            if not self._discovery_refused:
+                log.warning("%s: Immich reads our new sidecars only at its next sidecar discovery job (it needs "
+                            "an admin's API key to be started by captiond)", error.reason)
+            self._discovery_refused = True
 
 
 class AppNotifier:
