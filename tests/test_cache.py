@@ -31,6 +31,7 @@ def test_byte_identical_copies_in_different_folders_cost_one_model_call(
 
     assert result.exit_code == 0, result.stderr
     assert "captioned 4, skipped 0, failed 0" in result.stdout
+    assert "from the result cache 2" in result.stdout
     assert len(emulator.generation_requests()) == 2  # one per distinct image
     written = [tags_of(copy) for copy in copies]
     assert len({tags["XMP-dc:Description"] for tags in written}) == 1

@@ -369,6 +369,7 @@ class Summary:
         self.labelled: int | None = 0 if labels else None  # None: no labels model in this run
         self.endpoints: list[dict[str, object]] = []
         self.file_level = logging.INFO  # each captioned file's line; DEBUG while a progress bar is shown
+        self.from_cache = 0
 
     @property
     def failed(self) -> int:
@@ -378,6 +379,7 @@ class Summary:
     def add(self, outcome: Outcome) -> None:
         """Count one outcome and log it."""
         self.counts[outcome.status] += 1
+        self.from_cache += outcome.cached
         self.stage_seconds.update(outcome.stages)
         name = self._relative(outcome.path)
         if outcome.status == CAPTIONED:
@@ -402,6 +404,8 @@ class Summary:
         lines = [f"captioned {self.captions}{labelled}, skipped {self.counts[SKIPPED]}, failed {self.failed}"
                  + (f", would caption {self.counts[WOULD_CAPTION]}" if self.counts[WOULD_CAPTION] else "")
                  + f" in {seconds:.1f}s"]
+        if self.from_cache:
+            lines.append(f"  from the result cache {self.from_cache} (the same image was asked before: no model call)")
         lines += [f"  skipped {count:>6}  {reason}" for reason, count in self.skipped.most_common()]
         unprocessed = (self.total or 0) - sum(self.counts.values())
         if unprocessed > 0:
@@ -421,6 +425,7 @@ class Summary:
         captioned = self.counts[CAPTIONED]
         return {
             "captioned": self.captions, "skipped": self.counts[SKIPPED], "failed": self.failed,
+            "from_cache": self.from_cache,
             "would_caption": self.counts[WOULD_CAPTION],
             "not_processed": max(0, (self.total or 0) - sum(self.counts.values())),
             "seconds": round(time.monotonic() - self.started, 3),

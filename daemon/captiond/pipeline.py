@@ -106,6 +106,7 @@ class Outcome:
     wrote_original: bool = False
     stages: Mapping[str, float] = field(default_factory=dict)  # seconds: read, decode, encode, request, write
     created_sidecar: bool = False  # the sidecar written did not exist before (apps must discover it)
+    cached: bool = False  # the answer came from the result cache: no model call
 
     @property
     def written(self) -> bool:
@@ -187,7 +188,8 @@ class Captioner:
                 return dataclasses.replace(_failure(path, labels_error, "labels: ", caption),
                                            created_sidecar=created_sidecar)
             return Outcome(path, CAPTIONED, reason, caption, None if keywords is None else tuple(keywords),
-                           wrote_original=written.into_photo, stages=stages, created_sidecar=created_sidecar)
+                           wrote_original=written.into_photo, stages=stages, created_sidecar=created_sidecar,
+                           cached=bool(answers.cached))
         except FileError as error:
             return _failure(path, error)
         except OSError as exc:  # a file system refusal no check above foresaw: this file's failure, not the run's
