@@ -93,7 +93,7 @@ class PhotoPrismIndexer:
         self.app = app
         self.originals = originals
         # PhotoPrism indexes within the request and answers when done: allow it time.
-        self.http = _Http(app, "PhotoPrism", {"Authorization": f"Bearer {app.token}"}, timeout=900.0)
+        self.http = _Http(app, "PhotoPrism", {"Authorization": f"Bearer {app.token}"}, timeout=600.0)
 
     def folder_of(self, photo: Path) -> str:
         """Return the photo's folder relative to the originals, as PhotoPrism names it ('/' for the top)."""
@@ -216,13 +216,21 @@ class AppNotifier:
                     self._immich_batch = _Pending(now)
                 self.pending.labels("immich").set(len(self._photos))
 
-    def send_due(self, everything: bool = False) -> None:
-        """Send what is due (everything pending when `everything`, e.g. at the end of a run)."""
-        with self._send_lock:
+    def send_due(self, everything: bool = False, wait: float = -1) -> bool:
+        """Send what is due (everything pending when `everything`, e.g. at the end of a run).
+
+        Returns False, having sent nothing, when another send still runs after `wait` seconds (-1: no limit).
+        """
+        if not self._send_lock.acquire(timeout=wait):
+            return False
+        try:
             for folder in self._due_folders(everything):
                 self._index(folder)
             if self._immich_due(everything):
                 self._refresh()
+        finally:
+            self._send_lock.release()
+        return True
 
     def start(self) -> None:
         """Send in the background, once a second, until stop()."""
@@ -233,10 +241,11 @@ class AppNotifier:
 
     def stop(self, flush_seconds: float = 10.0) -> None:
         """Stop the background sender, try once to send what is pending, and close the connections."""
+        deadline = self.clock() + flush_seconds
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=flush_seconds)
-        self.flush(flush_seconds)
+        self.flush(max(0.0, deadline - self.clock()))
         for client in (self.photoprism, self.immich):
             if client is not None:
                 client.http.close()
@@ -245,7 +254,9 @@ class AppNotifier:
         """Send everything pending, retrying transient failures for up to `seconds`; log what is left."""
         deadline = self.clock() + seconds
         while self.has_pending():
-            self.send_due(everything=True)
+            # A request of the background sender may still run (PhotoPrism answers when its index is done).
+            if not self.send_due(everything=True, wait=max(0.0, deadline - self.clock())):
+                break
             if not self.has_pending() or self.clock() >= deadline or not self._retryable():
                 break
             self._stop.wait(min(1.0, max(0.0, deadline - self.clock())))
