@@ -259,7 +259,7 @@ class AppNotifier:
                 break
             if not self.has_pending() or self.clock() >= deadline or not self._retryable():
                 break
-            self._stop.wait(min(1.0, max(0.0, deadline - self.clock())))
+            time.sleep(min(1.0, max(0.0, deadline - self.clock())))  # the stop event is set by now
         with self._lock:
             folders, photos = len(self._folders), len(self._photos)
         if folders or photos:
