@@ -192,7 +192,7 @@ class AppConfig:
 
     def redacted(self) -> str:
         """Return the address with the secret left out, for ls, status and log lines."""
-        return f"{self.url} (token {'set' if self.token else 'missing'})"
+        return f"{redact(self.url)} (token {'set' if self.token else 'missing'})"
 
 
 @dataclass(frozen=True)
@@ -750,6 +750,8 @@ class _Reader:
         token = self.string(mapping, secret, where, "").strip()
         if not token:
             self.problem(f"{where}.{secret}", "required (an app password or API key)")
+        register_secret(token)
+        register_uri(url)
         return AppConfig(url, token, self.duration(mapping, "Interval", where, 30.0),
                          self.string(mapping, "Originals", where, "").rstrip("/"))
 
