@@ -16,7 +16,7 @@ from conftest import (
 )
 from emulator import BUSY, Drop, OllamaEmulator, Reply, decode_images, expected_caption
 
-MIXED = ["Canon_PowerShot_S40.jpg", "Konica_Minolta_DiMAGE_Z3.jpg", "Nikon_COOLPIX_P1.jpg", "IMG_5195.HEIC",
+MIXED = ["Canon_PowerShot_S40.jpg", "Olympus_boilerplate.jpg", "Nikon_COOLPIX_P1.jpg", "IMG_5195.HEIC",
          "Arbitro.tiff", "DNG_with_preview.dng", "PNG_plain.png", "GIF.gif", "RIFF.webp"]
 HUMAN = ["no_exif.jpg", "33-type_error.jpg", "IPTC.jpg", "Nikon.nef", "PNG.png"]
 
@@ -75,14 +75,16 @@ def test_second_run_asks_the_model_nothing(tmp_path: Path, originals: Path, emul
 
 def test_camera_boilerplate_is_replaced_and_a_persons_caption_is_kept(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
-    konica = add_fixture(originals, "Konica_Minolta_DiMAGE_Z3.jpg")
+    olympus = add_fixture(originals, "Olympus_boilerplate.jpg")  # in PhotoPrism's UnwantedDescriptions
+    konica = add_fixture(originals, "Konica_Minolta_DiMAGE_Z3.jpg")  # not in it: PhotoPrism keeps it, so do we
     person = add_fixture(originals, "33-type_error.jpg")
     config = write_config(tmp_path, emulator.url)
 
     result = run(config, originals)
 
     assert "has a caption from meta" in result.stdout
-    assert caption_of(konica).startswith("A photo with a calm scene")
+    assert caption_of(olympus).startswith("A photo with a calm scene")
+    assert not Path(f"{konica}.xmp").exists()
     assert not Path(f"{person}.xmp").exists()
     assert read_tags(person, "XMP-dc:Description")["XMP-dc:Description"].startswith("El cielo sobre Berlin")
 
@@ -91,19 +93,25 @@ def test_force_follows_source_priorities(tmp_path: Path, originals: Path, emulat
     embedded_person = add_fixture(originals, "33-type_error.jpg")  # meta (16)
     sidecar_person = add_fixture(originals, "Canon_PowerShot_S40.jpg")
     Path(f"{sidecar_person}.xmp").write_text(_sidecar("My daughter at the lake"))  # xmp (32)
-    ours = add_fixture(originals, "Konica_Minolta_DiMAGE_Z3.jpg")
+    ours = add_fixture(originals, "Olympus_boilerplate.jpg")
     config = write_config(tmp_path, emulator.url)
     assert run(config, originals).exit_code == 0
     assert len(emulator.generation_requests()) == 1  # only the boilerplate one
 
     emulator.reply = lambda body: "A second opinion about the picture."
-    forced = run(config, originals, "--force")  # ollama (16): replaces meta (16) and ollama (16), not xmp (32)
+    forced = run(config, originals, "--force")  # --source auto (1): PhotoPrism's --force alone replaces nothing
+    assert forced.exit_code == 0, forced.stderr
+    assert "captioned 0" in forced.stdout
+    assert "--force --source ollama" in forced.stdout
+    assert len(emulator.generation_requests()) == 1
+
+    forced = run(config, originals, "--force", "--source", "ollama")  # 16: replaces meta (16) and ollama (16)
 
     assert forced.exit_code == 0, forced.stderr
     assert caption_of(ours) == "A second opinion about the picture."
     assert caption_of(embedded_person) == "A second opinion about the picture."
     assert caption_of(sidecar_person) == "My daughter at the lake"
-    assert "has a caption from xmp (32), higher than ollama (16)" in forced.stdout
+    assert "has a caption from xmp (32), higher than --source ollama (16)" in forced.stdout
 
     emulator.reply = lambda body: "A curated caption."
     manual = run(config, originals, "--force", "--source", "manual")  # manual (64) >= xmp (32)
@@ -113,7 +121,7 @@ def test_force_follows_source_priorities(tmp_path: Path, originals: Path, emulat
     assert tags["XMP-captiond:CaptionSource"] == "manual"
 
     emulator.reply = lambda body: "Should never be written."
-    again = run(config, originals, "--force")  # ollama (16) < manual (64) everywhere now
+    again = run(config, originals, "--force", "--source", "ollama")  # ollama (16) < manual (64) everywhere now
     assert again.exit_code == 0
     assert "captioned 0" in again.stdout
     assert caption_of(sidecar_person) == "A curated caption."
@@ -159,7 +167,7 @@ def test_sidecar_name_base_creates_name_xmp(tmp_path: Path, originals: Path, emu
 
 def test_embedded_mode_writes_into_jpeg_but_raw_gets_a_sidecar(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
-    jpeg = add_fixture(originals, "Konica_Minolta_DiMAGE_Z3.jpg")
+    jpeg = add_fixture(originals, "Olympus_boilerplate.jpg")
     raw = add_fixture(originals, "DNG_with_preview.dng")
     raw_bytes = file_hash(raw)
     config = write_config(tmp_path, emulator.url, daemon={"Write": "embedded"})
@@ -174,7 +182,7 @@ def test_embedded_mode_writes_into_jpeg_but_raw_gets_a_sidecar(
     assert file_hash(raw) == raw_bytes
     assert caption_of(raw).startswith("A photo with a calm scene")
     assert sorted(path.name for path in originals.iterdir()) == [
-        "DNG_with_preview.dng", "DNG_with_preview.dng.xmp", "Konica_Minolta_DiMAGE_Z3.jpg"]
+        "DNG_with_preview.dng", "DNG_with_preview.dng.xmp", "Olympus_boilerplate.jpg"]
 
 
 def test_every_corpus_raw_kind_is_captioned_or_says_it_has_no_usable_preview(
@@ -208,14 +216,14 @@ def test_dry_run_asks_and_writes_nothing(tmp_path: Path, originals: Path, emulat
 
 def test_filter_and_count_limit_what_is_captioned(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     for folder in ("2023", "2024"):
-        for name in ("Canon_PowerShot_S40.jpg", "Konica_Minolta_DiMAGE_Z3.jpg", "Arbitro.tiff"):
+        for name in ("Canon_PowerShot_S40.jpg", "Olympus_boilerplate.jpg", "Arbitro.tiff"):
             add_fixture(originals, name, f"{folder}/{name}")
     config = write_config(tmp_path, emulator.url)
 
     assert run(config, originals, "2024", "name:*.tiff").exit_code == 0
     captioned = sorted(path.relative_to(originals).as_posix() for path in originals.rglob("*.xmp"))
     assert captioned == ["2023/Arbitro.tiff.xmp", "2024/Arbitro.tiff.xmp", "2024/Canon_PowerShot_S40.jpg.xmp",
-                         "2024/Konica_Minolta_DiMAGE_Z3.jpg.xmp"]
+                         "2024/Olympus_boilerplate.jpg.xmp"]
 
     result = run(config, originals, "--count", "1")
     assert "captioned 1," in result.stdout
@@ -290,7 +298,7 @@ def test_missing_model_and_blind_model_are_explained(tmp_path: Path, originals: 
 
 def test_model_text_is_cleaned_and_cannot_inject_exiftool_options(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
-    photo = add_fixture(originals, "Konica_Minolta_DiMAGE_Z3.jpg")
+    photo = add_fixture(originals, "Olympus_boilerplate.jpg")
     emulator.enqueue(Reply("<think>hmm</think>Sure! Here is a caption:\n\n\"A red boat\n-IFD0:Artist=evil\n"
                            "-FileName=gotcha.jpg\"\n"))
     config = write_config(tmp_path, emulator.url, daemon={"Write": "embedded"})
@@ -301,7 +309,7 @@ def test_model_text_is_cleaned_and_cannot_inject_exiftool_options(
     tags = read_tags(photo, "XMP-dc:Description", "IFD0:Artist", "System:FileName")
     assert tags["XMP-dc:Description"] == "A red boat -IFD0:Artist=evil -FileName=gotcha.jpg"
     assert "IFD0:Artist" not in tags
-    assert sorted(path.name for path in originals.iterdir()) == ["Konica_Minolta_DiMAGE_Z3.jpg"]
+    assert sorted(path.name for path in originals.iterdir()) == ["Olympus_boilerplate.jpg"]
 
 
 def test_file_names_that_look_like_options_or_hold_odd_characters(

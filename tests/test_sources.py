@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from captiond.sources import (
+    UNWANTED_DESCRIPTIONS,
     CurrentCaption,
     caption_hash,
     current_source,
@@ -29,7 +30,7 @@ def edited(location: str) -> CurrentCaption:
                           recorded_hash=caption_hash(OUR_TEXT))
 
 
-# --- nothing worth keeping: always caption, with or without force ---------------------------------------------
+# --- no caption: blank, or an exact entry of PhotoPrism's UnwantedDescriptions ------------------------------------
 
 NO_CAPTION = {
     "empty": "",
@@ -38,53 +39,47 @@ NO_CAPTION = {
     "nul bytes": "\x00\x00",
     "olympus": "OLYMPUS DIGITAL CAMERA",
     "olympus padded with spaces": "OLYMPUS DIGITAL CAMERA         ",
+    "nul-padded olympus": "OLYMPUS DIGITAL CAMERA\x00\x00\x00",
+    "olympus in quotes": '"OLYMPUS DIGITAL CAMERA"',
     "sony": "SONY DSC",
-    "konica minolta": "KONICA MINOLTA DIGITAL CAMERA",
+    "samsung": "SAMSUNG",
+    "huawei mode": "sdr_HDRB",
+    "default": "default",
+    "exif jpeg picture": "Exif_JPEG_PICTURE",
+    "dcim folder": "DCIM\\100MEDIA",
+    "binary data": "(Binary data 1234 bytes, use -b option to extract)",
+}
+# Texts a person could have written: PhotoPrism keeps them as captions (its list is exact and case-sensitive).
+A_CAPTION = {
+    "apple": "Apple",
+    "photo": "Photo",
+    "canon": "Canon",
+    "hdr": "HDR",
+    "konica minolta (not in PhotoPrism's list)": "KONICA MINOLTA DIGITAL CAMERA",
+    "olympus in lower case": "olympus digital camera",
+    "default capitalised": "Default",
     "only punctuation": "...",
+    "all-caps human caption": "MY DOG REX",
+    "ordinary sentence": "A red barn under a grey sky.",
+    "caption mentioning a camera": "My new Olympus digital camera on the desk.",
+    "dcim with a space": "DCIM\\100MEDIA at the beach",
 }
 
 
 @pytest.mark.parametrize("text", NO_CAPTION.values(), ids=NO_CAPTION.keys())
-@pytest.mark.parametrize("force", [False, True], ids=["no force", "force"])
-@pytest.mark.parametrize("location", ["sidecar", "embedded"])
-def test_a_file_without_a_real_caption_is_captioned(text: str, force: bool, location: str) -> None:
-    current = CurrentCaption(text, location)
-
-    decision = decide(current, "ollama", force)
-
-    assert decision.caption
-    assert current_source(current) == ""
-    assert decision.reason in ("no caption", "camera boilerplate caption")
-
-
-# --- is_boilerplate ----------------------------------------------------------------------------------------------
-
-BOILERPLATE = {
-    "olympus": "OLYMPUS DIGITAL CAMERA",
-    "sony": "SONY DSC",
-    "konica minolta": "KONICA MINOLTA DIGITAL CAMERA",
-    "two spaces": "  ",
-    "nul bytes": "\x00\x00",
-    "nul-padded olympus": "OLYMPUS DIGITAL CAMERA\x00\x00\x00",
-    "other brand, same pattern": "ACME DIGITAL CAMERA",
-}
-NOT_BOILERPLATE = {
-    "all-caps human caption": "MY DOG REX",
-    "mixed case ending in DSC": "Sunset DSC",
-    "ordinary sentence": "A red barn under a grey sky.",
-    "short human word": "Rex",
-    "caption mentioning a camera": "My new Olympus digital camera on the desk.",
-}
-
-
-@pytest.mark.parametrize("text", BOILERPLATE.values(), ids=BOILERPLATE.keys())
-def test_camera_default_text_is_boilerplate(text: str) -> None:
+def test_photoprisms_unwanted_descriptions_are_no_caption(text: str) -> None:
     assert is_boilerplate(text)
 
 
-@pytest.mark.parametrize("text", NOT_BOILERPLATE.values(), ids=NOT_BOILERPLATE.keys())
-def test_a_persons_caption_is_not_boilerplate(text: str) -> None:
+@pytest.mark.parametrize("text", A_CAPTION.values(), ids=A_CAPTION.keys())
+def test_a_text_a_person_could_write_is_a_caption(text: str) -> None:
     assert not is_boilerplate(text)
+
+
+def test_the_list_is_photoprisms_exactly() -> None:
+    # internal/meta/sanitize.go, UnwantedDescriptions
+    assert len(UNWANTED_DESCRIPTIONS) == 39
+    assert {"Created by Imlib", "SAMSUNG CAMERA PICTURES", "charset=Ascii", "DVC 10.1 HDMI"} <= UNWANTED_DESCRIPTIONS
 
 
 # --- where the current caption comes from ------------------------------------------------------------------------
@@ -105,7 +100,84 @@ def test_current_source(current: CurrentCaption, expected: str) -> None:
     assert current_source(current) == expected
 
 
-# --- without --force, an existing caption is kept ---------------------------------------------------------------
+# --- PhotoPrism's decision: ShouldGenerateCaption, then SetCaption -----------------------------------------------
+# internal/entity/photo_caption.go:
+#   ShouldGenerateCaption(src, force) = SrcPriority[src] >= SrcPriority[CaptionSrc] && (NoCaption() || force)
+#   SetCaption(text, source): keeps the current caption when SrcPriority[source] < SrcPriority[CaptionSrc]
+# internal/photoprism (MediaFile.GenerateCaption): `auto` records the model's source (ollama), others as asked.
+
+CURRENT = {
+    "none": CurrentCaption("", "sidecar"),
+    "boilerplate": CurrentCaption("OLYMPUS DIGITAL CAMERA", "embedded"),
+    "meta": CurrentCaption(HUMAN_TEXT, "embedded"),
+    "xmp": CurrentCaption(HUMAN_TEXT, "sidecar"),
+    "ollama": ours("ollama"),
+    "manual": ours("manual", HUMAN_TEXT),
+    "admin": ours("admin", HUMAN_TEXT),
+}
+GO_PRIORITY = {"": 1, "auto": 1, "ollama": 16, "meta": 16, "xmp": 32, "vision": 64, "manual": 64, "admin": 128}
+
+
+def photoprism_decides(current: str, requested: str, force: bool) -> bool:
+    """PhotoPrism's rule, written out from its Go code, for the table below."""
+    held = "" if current in ("none", "boilerplate") else current
+    recorded = "ollama" if requested == "auto" else requested
+    no_caption = held == ""
+    should_generate = GO_PRIORITY[requested] >= GO_PRIORITY[held] and (no_caption or force)
+    set_caption_keeps_it = GO_PRIORITY[recorded] >= GO_PRIORITY[held] or no_caption
+    return should_generate and set_caption_keeps_it
+
+
+# Expected results, read off PhotoPrism's code by hand (current -> requested -> (without force, with force)).
+TABLE = {
+    "none": {"auto": (True, True), "ollama": (True, True), "vision": (True, True), "manual": (True, True)},
+    "boilerplate": {"auto": (True, True), "ollama": (True, True), "vision": (True, True), "manual": (True, True)},
+    "meta": {"auto": (False, False), "ollama": (False, True), "vision": (False, True), "manual": (False, True)},
+    "xmp": {"auto": (False, False), "ollama": (False, False), "vision": (False, True), "manual": (False, True)},
+    "ollama": {"auto": (False, False), "ollama": (False, True), "vision": (False, True), "manual": (False, True)},
+    "manual": {"auto": (False, False), "ollama": (False, False), "vision": (False, True), "manual": (False, True)},
+    "admin": {"auto": (False, False), "ollama": (False, False), "vision": (False, False), "manual": (False, False)},
+}
+TABLE_CASES = [
+    pytest.param(current, requested, force, expected[force], id=f"{current}, --source {requested}"
+                 + (", --force" if force else ""))
+    for current, row in TABLE.items() for requested, expected in row.items() for force in (False, True)
+]
+
+
+@pytest.mark.parametrize(("current", "requested", "force", "expected"), TABLE_CASES)
+def test_the_decision_is_photoprisms(current: str, requested: str, force: bool, expected: bool) -> None:
+    decision = decide(CURRENT[current], requested, resolve_source(requested, "ollama"), force)
+
+    assert decision.caption is expected
+    assert decision.caption is photoprism_decides(current, requested, force)
+
+
+def test_force_alone_keeps_our_own_captions_and_says_how_to_replace_them() -> None:
+    decision = decide(ours("ollama"), "auto", "ollama", force=True)
+
+    assert not decision.caption
+    assert "--force --source ollama" in decision.reason
+
+
+def test_default_records_default_and_replaces_nothing() -> None:
+    assert resolve_source("default", "ollama") == "default"
+    assert not decide(ours("ollama"), "default", "default", force=True).caption
+    assert decide(CurrentCaption(""), "default", "default", force=False).caption
+
+
+def test_a_recorded_source_ranking_below_the_current_is_not_asked() -> None:
+    # PhotoPrism's SetCaption would drop the answer: captiond does not ask for it.
+    decision = decide(ours("vision", HUMAN_TEXT), "vision", "image", force=True)
+
+    assert not decision.caption
+    assert "higher than image (8)" in decision.reason
+
+
+def test_a_changed_photo_renews_our_own_caption_only() -> None:
+    assert decide(ours("ollama"), "auto", "ollama", force=False, photo_changed=True).caption
+    assert not decide(CurrentCaption(HUMAN_TEXT, "sidecar"), "auto", "ollama", force=False, photo_changed=True).caption
+
 
 KEPT = {
     "person's caption in a sidecar": (CurrentCaption(HUMAN_TEXT, "sidecar"), "has a caption from xmp"),
@@ -113,67 +185,27 @@ KEPT = {
     "our own caption": (ours("ollama"), "already captioned (ollama)"),
     "our caption edited in a sidecar": (edited("sidecar"), "has a caption from xmp"),
     "our caption edited embedded": (edited("embedded"), "has a caption from meta"),
+    "a person's 'Apple'": (CurrentCaption("Apple", "embedded"), "has a caption from meta"),
 }
 
 
 @pytest.mark.parametrize(("current", "reason"), KEPT.values(), ids=KEPT.keys())
 def test_an_existing_caption_is_kept_without_force(current: CurrentCaption, reason: str) -> None:
-    decision = decide(current, "ollama", force=False)
+    decision = decide(current, "auto", "ollama", force=False)
 
     assert not decision.caption
     assert reason in decision.reason
 
 
-def test_our_own_caption_is_regenerated_with_force() -> None:
-    decision = decide(ours("ollama"), "ollama", force=True)
-
-    assert decision.caption
-    assert decision.current_source == "ollama"
-    assert "forced" in decision.reason
-
-
-# --- with --force: caption iff priority(source) >= priority(current), exactly as PhotoPrism -----------------
-
-CURRENTS = {
-    "meta": CurrentCaption(HUMAN_TEXT, "embedded"),
-    "xmp": CurrentCaption(HUMAN_TEXT, "sidecar"),
-    "manual": ours("manual", HUMAN_TEXT),
-}
-# source (priority) -> expected decision against meta (16), xmp (32), manual (64)
-FORCE_TABLE = {
-    "ollama": {"meta": True, "xmp": False, "manual": False},
-    "vision": {"meta": True, "xmp": True, "manual": True},
-    "manual": {"meta": True, "xmp": True, "manual": True},
-    "admin": {"meta": True, "xmp": True, "manual": True},
-    "image": {"meta": False, "xmp": False, "manual": False},
-}
-FORCE_CASES = [
-    pytest.param(source, existing, expected, id=f"{source} vs {existing}")
-    for source, row in FORCE_TABLE.items() for existing, expected in row.items()
-]
-
-
-@pytest.mark.parametrize(("source", "existing", "expected"), FORCE_CASES)
-def test_force_follows_photoprism_priorities(source: str, existing: str, expected: bool) -> None:
-    decision = decide(CURRENTS[existing], source, force=True)
-
-    assert decision.caption is expected
-    assert decision.caption is (priority(source) >= priority(existing))
-    assert decision.current_source == existing
-    if not expected:
-        assert f"has a caption from {existing}" in decision.reason
-        assert "higher than" in decision.reason
-
-
 # --- priority and resolve_source ----------------------------------------------------------------------------------
 
 PRIORITIES = {
-    "auto": 1, "image": 8, "ollama": 16, "openai": 16, "meta": 16, "xmp": 32,
-    "vision": 64, "manual": 64, "admin": 128, "ADMIN": 128, "something unknown": 1,
+    "auto": 1, "": 1, "default": 1, "image": 8, "pigo": 8, "onnx": 12, "ollama": 16, "openai": 16, "meta": 16,
+    "xmp": 32, "vision": 64, "manual": 64, "admin": 128, "ADMIN": 128, "something unknown": 0,
 }
 
 
-@pytest.mark.parametrize(("source", "expected"), PRIORITIES.items(), ids=PRIORITIES.keys())
+@pytest.mark.parametrize(("source", "expected"), PRIORITIES.items(), ids=[key or "empty" for key in PRIORITIES])
 def test_priority(source: str, expected: int) -> None:
     assert priority(source) == expected
 
@@ -181,7 +213,7 @@ def test_priority(source: str, expected: int) -> None:
 RESOLVED = {
     "auto with ollama": ("auto", "ollama", "ollama"),
     "auto with openai": ("auto", "openai", "openai"),
-    "default with ollama": ("default", "ollama", "ollama"),
+    "default records default": ("default", "ollama", "default"),
     "nothing requested": ("", "ollama", "ollama"),
     "auto with another engine": ("auto", "tensorflow", "image"),
     "explicit manual": ("manual", "ollama", "manual"),

@@ -23,7 +23,7 @@ from conftest import FIXTURES, SOURCE_ROOT, add_fixture, read_tags, run_captiond
 from emulator import OllamaEmulator
 
 SETTLE = 0.5
-PHOTOS = ["Canon_PowerShot_S40.jpg", "Konica_Minolta_DiMAGE_Z3.jpg", "Nikon_COOLPIX_P1.jpg", "Arbitro.tiff",
+PHOTOS = ["Canon_PowerShot_S40.jpg", "Olympus_boilerplate.jpg", "Nikon_COOLPIX_P1.jpg", "Arbitro.tiff",
           "PNG_plain.png", "RIFF.webp", "GIF.gif", "DNG_with_preview.dng"]
 
 
@@ -116,7 +116,7 @@ def test_watch_captions_photos_as_real_tools_deliver_them(tmp_path: Path, origin
 
     # A slow copy in chunks: never captioned half-written.
     slow = originals / "slow.jpg"
-    data = (FIXTURES / "Konica_Minolta_DiMAGE_Z3.jpg").read_bytes()
+    data = (FIXTURES / "Olympus_boilerplate.jpg").read_bytes()
     with slow.open("wb") as stream:
         for start in range(0, len(data), len(data) // 5 + 1):
             stream.write(data[start:start + len(data) // 5 + 1])

@@ -57,7 +57,7 @@ from .redaction import RedactingFilter, redact, redact_process_output
 from .schedule import QuietHours
 from .selftest import check_sight
 from .service import RUNTIME_FILE, WatchService, keep_alive_for
-from .sources import PRIORITIES, WRITABLE_SOURCES
+from .sources import SOURCES, WRITABLE_SOURCES
 from .state import StateStore
 
 log = logging.getLogger("captiond")
@@ -118,10 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("filters", nargs="*", metavar="FILTER")
     run.add_argument("--models", "-m", default="caption", help="model types to run, comma-separated (default: caption)")
     run.add_argument("--source", "-s", default="auto", choices=WRITABLE_SOURCES, metavar="SRC",
-                     help="source recorded with the captions (default: auto = the engine, e.g. ollama); "
+                     help="source of this run, as PhotoPrism's: it decides what --force may replace and is "
+                     "recorded with the captions (default: auto, priority 1, recorded as the engine, e.g. ollama); "
                      f"one of {', '.join(WRITABLE_SOURCES)}")
     run.add_argument("--force", "-f", action="store_true",
-                     help="replace existing captions whose source has a priority <= that of --source")
+                     help="also replace existing captions whose source has a priority <= that of --source "
+                     "(with --source auto, only captions of priority 1)")
     run.add_argument("--dry-run", action="store_true", help="show what would be captioned; ask and write nothing")
     run.add_argument("--count", "-n", type=_positive_int, metavar="N", help="caption at most N files")
     run.add_argument("--originals", "-o", metavar="DIR", help="the originals folder (overrides Daemon.Originals)")
@@ -641,12 +643,16 @@ def _print_runtime(runtime: dict[str, Any] | None) -> None:
 
 
 def command_sources(arguments: argparse.Namespace) -> int:
-    """Print PhotoPrism's source priority table."""
-    rows = [[source, str(priority), "yes" if source in WRITABLE_SOURCES else ""]
-            for source, priority in sorted(PRIORITIES.items(), key=lambda item: (item[1], item[0]))]
-    _print_table(["Source", "Priority", "--source"], rows)
-    print("\nA caption is written when there is none, or with --force when priority(--source) >= priority(current).\n"
-          "A caption with no record of ours, or edited since we wrote it, counts as xmp (sidecar) or meta (embedded).")
+    """Print PhotoPrism's source priority table (internal/entity/src.go), in its order."""
+    ordered = sorted(SOURCES.items(), key=lambda item: (item[1][0], item[1][1].lower(), item[0]))
+    rows = [[source, str(entry[0]), entry[1], "yes" if source in WRITABLE_SOURCES else ""]
+            for source, entry in ordered]
+    _print_table(["Source", "Priority", "Description", "--source"], rows)
+    print("\nAs in PhotoPrism: a caption is generated when priority(--source) >= priority(current) and there is none\n"
+          "(or --force), and kept only when the source recorded beside it ranks at least as high as the current one.\n"
+          "--source auto (1) records the engine (ollama/openai, 16); --force alone replaces no caption of 16 or more.\n"
+          "To re-caption our own captions: --force --source ollama. A caption with no record of ours, or edited since\n"
+          "we wrote it, counts as xmp (sidecar) or meta (embedded).")
     return EXIT_OK
 
 

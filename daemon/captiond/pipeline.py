@@ -228,7 +228,8 @@ class Captioner:
         force = self.options.force
         decisions = {}
         if "caption" in self.runs:
-            decisions["caption"] = decide(current_caption(metadata), self.source("caption"), force, photo_changed)
+            decisions["caption"] = decide(current_caption(metadata), self.options.source, self.source("caption"), force,
+                                          photo_changed)
         if "labels" in self.runs:
             decisions["labels"] = decide_labels(current_labels(metadata, embedded), self.source("labels"), force,
                                                 photo_changed)
@@ -236,7 +237,9 @@ class Captioner:
 
     def source(self, kind: str) -> str:
         """Return the source recorded for this model type: --source, or for `auto` the engine's own."""
-        return resolve_source(self.options.source, self.runs[kind].model.service.request_format)
+        model = self.runs[kind].model
+        return resolve_source(self.options.source, model.engine if model.engine in ("ollama", "openai")
+                              else model.service.request_format)
 
     def prepare(self, metadata: FileMetadata, resolution: int) -> PreparedImage:
         """Return the JPEG for the model(s): decoded from the file, or from a RAW file's largest preview in pixels."""

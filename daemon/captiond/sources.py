@@ -6,41 +6,46 @@ No I/O here: metadata.py reads what a file holds into a CurrentCaption, this mod
 from __future__ import annotations
 
 import hashlib
-import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-# internal/entity/src.go in PhotoPrism.
-PRIORITIES: Mapping[str, int] = MappingProxyType(
+# internal/entity/src.go in PhotoPrism: source -> (priority, description). "" is PhotoPrism's SrcAuto.
+SOURCES: Mapping[str, tuple[int, str]] = MappingProxyType(
     {
-        "auto": 1, "default": 1, "estimate": 2, "file": 2, "name": 4,
-        "image": 8, "marker": 8, "location": 8, "yaml": 8, "oidc": 8, "ldap": 8,
-        "ollama": 16, "openai": 16, "meta": 16, "title": 16, "caption": 16, "subject": 16, "keyword": 16,
-        "xmp": 32,
-        "vision": 64, "batch": 64, "manual": 64,
-        "admin": 128,
+        "auto": (1, "Auto"), "default": (1, "Default"),
+        "estimate": (2, "Estimated"), "file": (2, "File System"),
+        "name": (4, "File Name"),
+        "yaml": (8, "YAML Sidecar"), "oidc": (8, "OpenID Connect (OIDC)"), "ldap": (8, "LDAP / Active Directory"),
+        "location": (8, "GPS Position"), "marker": (8, "Object Detection"), "image": (8, "Computer Vision (default)"),
+        "pigo": (8, "Face Detection (Pigo)"),
+        "onnx": (12, "Face Detection (ONNX)"),
+        "ollama": (16, "Computer Vision (Ollama)"), "openai": (16, "Computer Vision (OpenAI)"),
+        "title": (16, "Picture Title"), "caption": (16, "Picture Caption"), "subject": (16, "Person"),
+        "keyword": (16, "Picture Keywords"), "meta": (16, "Embedded Metadata"),
+        "xmp": (32, "XMP Sidecar"),
+        "batch": (64, "Batch Edit"), "vision": (64, "Computer Vision (manual)"), "manual": (64, "Edited Manually"),
+        "admin": (128, "Admin Override"),
     }
 )
-# What `--source` accepts (PhotoPrism's VisionSrcNames plus the sources a person may claim).
+PRIORITIES: Mapping[str, int] = MappingProxyType({source: entry[0] for source, entry in SOURCES.items()})
+# What `--source` accepts: PhotoPrism's VisionSrcNames (auto, default, marker, image, ollama, openai, vision)
+# plus the sources a person may claim (batch, manual, admin).
 WRITABLE_SOURCES = ("auto", "default", "image", "marker", "ollama", "openai", "vision", "batch", "manual", "admin")
 
-# Text that cameras and editors put in ImageDescription by default: it is not a caption.
-BOILERPLATE = frozenset(
-    text.casefold()
-    for text in (
-        "OLYMPUS DIGITAL CAMERA", "SONY DSC", "KONICA MINOLTA DIGITAL CAMERA", "MINOLTA DIGITAL CAMERA",
-        "NIKON DIGITAL CAMERA", "KODAK DIGITAL STILL CAMERA", "KODAK CSC", "LEICA DIGITAL CAMERA",
-        "PENTAX DIGITAL CAMERA", "CASIO DIGITAL CAMERA", "SAMSUNG DIGITAL CAMERA", "SAMSUNG", "SANYO DIGITAL CAMERA",
-        "DIGITAL CAMERA", "DIGITAL STILL CAMERA", "DIGITAL IMAGE", "Exif_JPEG_PICTURE", "Exif JPEG", "JPEG",
-        "DCIM", "HDR", "default", "image", "photo", "picture", "untitled", "<untitled>", "no description",
-        "Created with GIMP", "Picasa", "LG Electronics", "Hewlett-Packard", "HP PHOTOSMART", "AGFA DIGITAL CAMERA",
-        "Vivitar", "Polaroid", "FUJIFILM DIGITAL CAMERA", "RICOH", "PANASONIC", "Canon", "Apple", "Screenshot",
-    )
+# PhotoPrism's UnwantedDescriptions (internal/meta/sanitize.go): exact, case-sensitive texts that
+# PhotoPrism drops at import, so they are no caption. Anything else a person could have written is one.
+UNWANTED_DESCRIPTIONS = frozenset(
+    {
+        "Created by Imlib", "iClarified", "OLYMPUS DIGITAL CAMERA", "SAMSUNG", "SAMSUNG CAMERA PICTURES",
+        "<Digimax i5, Samsung #1>", "SONY DSC", "Scanner", "rhdr", "hdrpl", "oznorWO", "frontbhdp", "fbt", "rbt",
+        "ptr", "fbthdr", "btr", "mon", "nor", "dav", "mde", "mde_soft", "edf", "btfmdn", "btf", "btfhdr", "frem",
+        "oznor", "rpt", "burst", "sdr_HDRB", "cof", "qrf", "fshbty", "binary comment", "default",
+        "Exif_JPEG_PICTURE", "DVC 10.1 HDMI", "charset=Ascii",
+    }
 )
-# "<BRAND> DIGITAL CAMERA", "<BRAND> DSC": upper case only, so a person's caption never matches.
-_CAMERA_PATTERN = re.compile(r"^[A-Z][A-Z0-9 \-]* (DIGITAL (STILL )?CAMERA|DSC)$")
+# PhotoPrism's SanitizeString empties values exiftool reports for binary data.
+_BINARY_PREFIXES = ("string with binary data", "(Binary data")
 
 
 @dataclass(frozen=True)
@@ -78,20 +83,23 @@ def caption_hash(text: str) -> str:
 
 
 def priority(source: str) -> int:
-    """Return PhotoPrism's priority of a source; unknown sources count as auto (1)."""
-    return PRIORITIES.get(source.lower(), 1)
+    """Return PhotoPrism's priority of a source ("" is auto, 1); unknown sources count 0, as a Go map lookup does."""
+    source = source.lower()
+    return PRIORITIES.get(source or "auto", 0)
 
 
 def is_boilerplate(text: str) -> bool:
-    """Return whether text is no caption at all: blank, punctuation only, or a camera's or editor's default text.
+    """Return whether text is no caption in PhotoPrism: blank, or a camera string its import drops.
 
-    A caption of emoji only (category So, "other symbol") is a person's caption.
+    PhotoPrism's SanitizeDescription: quotes removed and space trimmed, then an exact, case-sensitive
+    match of UnwantedDescriptions, or a bare "DCIM\\..." folder name. "Apple", "Photo" or "HDR" are captions.
     """
-    stripped = unicodedata.normalize("NFC", text).strip().strip("\x00").strip()
-    if not stripped or not any(character.isalnum() or unicodedata.category(character) == "So"
-                               for character in stripped):
+    if text.startswith(_BINARY_PREFIXES):
         return True
-    return stripped.casefold() in BOILERPLATE or bool(_CAMERA_PATTERN.match(stripped))
+    stripped = text.replace('"', "").strip().strip("\x00").strip()
+    if not stripped:
+        return True
+    return stripped in UNWANTED_DESCRIPTIONS or (stripped.startswith("DCIM\\") and " " not in stripped)
 
 
 def current_source(current: CurrentCaption) -> str:
@@ -108,9 +116,10 @@ def current_source(current: CurrentCaption) -> str:
 
 
 def resolve_source(requested: str, engine: str) -> str:
-    """Return the source to record: the requested one, or for `auto` the engine's own (ollama/openai)."""
+    """Return the source to record, as PhotoPrism's GenerateCaption: `auto` records the engine's own
+    (ollama/openai, else image); any other source, `default` included, is recorded as asked."""
     requested = (requested or "auto").lower()
-    if requested in ("auto", "default"):
+    if requested == "auto":
         return engine if engine in ("ollama", "openai") else "image"
     return requested
 
@@ -128,18 +137,34 @@ def labels_source(current: CurrentLabels) -> str:
     return current.recorded_source
 
 
-def decide(current: CurrentCaption, source: str, force: bool, photo_changed: bool = False) -> Decision:
-    """Decide whether to generate a caption written with `source`, following PhotoPrism's --force rule.
+def decide(current: CurrentCaption, requested: str, recorded: str, force: bool,
+           photo_changed: bool = False) -> Decision:
+    """Decide whether to caption a file, exactly as PhotoPrism's `vision run`.
 
-    A caption is generated when there is none, or with force when priority(source) >= priority(current).
-    `photo_changed` (the daemon saw the photo replaced since it captioned it) renews a caption of the
-    same source only: a person's caption is never touched without force.
+    Generate when priority(requested) >= priority(current) and (no caption, or force): ShouldGenerateCaption.
+    Keep the answer only when priority(recorded) >= priority(current): SetCaption. `requested` is --source
+    (auto: 1), `recorded` what is written beside the caption (auto: the engine). Both are checked before the
+    model is asked. `photo_changed` (the daemon saw the photo replaced since it captioned it) renews a
+    caption of the same recorded source only.
     """
     existing = current_source(current)
+    if photo_changed and existing and existing == recorded:
+        return Decision(True, "the photo changed since it was captioned", existing)
+    if existing and not force:
+        if existing == recorded:
+            return Decision(False, f"already captioned ({existing})", existing)
+        return Decision(False, f"has a caption from {existing}", existing)
+    asked, held, kept = priority(requested or "auto"), priority(existing or "auto"), priority(recorded)
+    shown = (requested or "auto").lower()
+    if asked < held:
+        return Decision(False, f"has a caption from {existing} ({held}), higher than --source {shown} ({asked})"
+                        + (f"; to replace it: --force --source {existing}" if existing == recorded else ""),
+                        existing)
+    if kept < held:
+        return Decision(False, f"has a caption from {existing} ({held}), higher than {recorded} ({kept})", existing)
     if not existing:
-        reason = "no caption" if not current.text.strip() else "camera boilerplate caption"
-        return Decision(True, reason)
-    return _decide_over(existing, source, force, photo_changed, "caption", "captioned")
+        return Decision(True, "no caption" if not current.text.strip() else "camera boilerplate caption")
+    return Decision(True, f"forced: --source {shown} ({asked}) >= {existing} ({held})", existing)
 
 
 def decide_labels(current: CurrentLabels, source: str, force: bool, photo_changed: bool = False) -> Decision:

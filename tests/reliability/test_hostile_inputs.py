@@ -202,15 +202,15 @@ def build_library(root: Path, part: str = "main") -> Library:
         return library
 
     # Broken files.
-    konica = (FIXTURES / "Konica_Minolta_DiMAGE_Z3.jpg").read_bytes()
+    camera_jpeg = (FIXTURES / "Olympus_boilerplate.jpg").read_bytes()
     png = (FIXTURES / "PNG_plain.png").read_bytes()  # PNG.png has a comment: a person's caption
-    broken("h10", "truncated JPEG", "broken/truncated-h10.jpg", konica[: len(konica) * 2 // 5],
+    broken("h10", "truncated JPEG", "broken/truncated-h10.jpg", camera_jpeg[: len(camera_jpeg) * 2 // 5],
            r"truncated|corrupt")
     broken("h11", "truncated PNG", "broken/truncated-h11.png", png[: len(png) // 2], r"truncated|corrupt|exiftool")
     broken("h12", "corrupt JPEG (garbage after the SOI marker)", "broken/corrupt-h12.jpg",
            b"\xff\xd8\xff" + bytes(range(256)) * 40, r"corrupt|not an image|exiftool|format")
-    scan_start = konica.rfind(b"\xff\xda")
-    garbled = bytearray(konica)
+    scan_start = camera_jpeg.rfind(b"\xff\xda")
+    garbled = bytearray(camera_jpeg)
     for offset in range(scan_start + 40, len(garbled) - 2, 7):
         garbled[offset] = (garbled[offset] * 31 + 17) % 255
     broken("h13", "JPEG with garbage image data", "broken/garbled-h13.jpg", bytes(garbled),
