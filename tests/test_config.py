@@ -94,7 +94,7 @@ def test_the_last_enabled_caption_entry_wins_and_disabled_entries_are_skipped(tm
     assert caption_model(config).name == "second"
 
 
-def test_variables_are_expanded_with_defaults_and_unset_ones_are_warnings(tmp_path: Path) -> None:
+def test_variables_are_expanded_where_photoprism_expands_them(tmp_path: Path) -> None:
     config = load(tmp_path, """
         Models:
           - Type: caption
@@ -107,10 +107,14 @@ def test_variables_are_expanded_with_defaults_and_unset_ones_are_warnings(tmp_pa
     """, {"CAPTION_MODEL": "gemma3:4b", "MY_TOKEN": "secret"})
 
     model = caption_model(config)
-    assert (model.name, model.prompt, model.system) == ("gemma3:4b", "Describe the photo.", "")
-    assert model.service.uri == "http://gpu-box:11434/api/generate"
+    # PhotoPrism expands Model (*_MODEL), Uri (*_URL, *_URI, *_HOST) and Key; Prompt and System are used as written.
+    assert (model.name, model.prompt, model.system) == (
+        "gemma3:4b", "${CAPTION_PROMPT:-Describe the photo.}", "${MISSING_SYSTEM}")
+    assert model.service.uri == "http://gpu-box:11434/api/generate"  # the old form still works, with a warning
     assert model.service.key == "secret"
-    assert [warning for warning in config.warnings if "MISSING_SYSTEM" in warning][0].startswith("Models[0].System")
+    assert [warning for warning in config.warnings if "Models[0].System" in warning][0].endswith("used as written")
+    assert any(warning.startswith("Models[0].Service.Uri: ${OLLAMA_HOST_URL:-http://gpu-box:11434} is captiond's "
+                                  "old form") for warning in config.warnings)
 
 
 def test_variables_are_expanded_in_numbers_too(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ run's summary, tables); the log and the progress bar go to stderr.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
@@ -137,7 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=command_run)
 
     listing = commands.add_parser("ls", parents=[common], help="show the effective models, like `photoprism vision ls`")
-    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    formats = listing.add_mutually_exclusive_group()
+    formats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    formats.add_argument("--md", action="store_true", help="print a Markdown table (as `photoprism vision ls --md`)")
+    formats.add_argument("--csv", action="store_true", help="print comma-separated values")
+    formats.add_argument("--tsv", action="store_true", help="print tab-separated values")
     listing.set_defaults(handler=command_ls)
 
     sources = commands.add_parser("sources", parents=[common], help="show the source priority table")
@@ -322,14 +327,21 @@ def _originals(config: Config, flag: str | None) -> Path:
     return originals
 
 
-def model_runs(config: Config, models: str, connect: bool = True) -> dict[str, ModelRun]:
-    """Return the model types asked for with `--models` (caption, labels) and clients for them."""
+def model_runs(config: Config, models: str, connect: bool = True, watch: bool = False) -> dict[str, ModelRun]:
+    """Return the model types asked for with `--models` (caption, labels) that their `Run:` allows, with clients.
+
+    `captiond run` is PhotoPrism's `vision run` (manual); `watch` runs at index time: not `manual` or `never`.
+    """
     types = list(dict.fromkeys(name.strip().lower() for name in models.split(",") if name.strip()))
+    elsewhere = [name for name in types if name in ("nsfw", "face")]
+    if elsewhere:
+        log.warning("--models %s: PhotoPrism runs %s models itself (captiond writes captions and labels); "
+                    "going on without them", models, " and ".join(elsewhere))
+        types = [name for name in types if name not in elsewhere]
     unsupported = [name for name in types if name not in ("caption", "labels")]
     if unsupported or not types:
         raise UsageError(f"--models {models}: captiond runs caption and labels models (e.g. -m caption,labels)")
-    runs: dict[str, ModelRun] = {}
-    pools: dict[tuple[str, ...], EndpointPool] = {}
+    chosen: dict[str, ModelConfig] = {}
     for kind in types:
         model = config.model(kind)
         if model is None:
@@ -337,6 +349,19 @@ def model_runs(config: Config, models: str, connect: bool = True) -> dict[str, M
         if not model.usable:
             raise ConfigError([f"Models[{model.index}]: captiond speaks to ollama or openai engines, "
                                f"not {model.engine}"], str(config.path or "vision.yml"))
+        if model.runs_in_watch if watch else model.should_run("manual"):
+            chosen[kind] = model
+        else:
+            where = "the caption model's" if model.implied else f"Models[{model.index}]"
+            log.warning("%s Run: %s: not run by `captiond %s`%s", where, model.run, "watch" if watch else "run",
+                        " (manual models run in `captiond run` only)" if model.run == "manual" else "")
+    if not chosen:
+        raise ConfigError([f"Run: no {' or '.join(types)} model may run in `captiond {'watch' if watch else 'run'}`: "
+                           "watch runs models whose Run is auto, always, on-index, newly-indexed, on-schedule or "
+                           "on-demand; run every model but Run: never"], str(config.path or "vision.yml"))
+    runs: dict[str, ModelRun] = {}
+    pools: dict[tuple[str, ...], EndpointPool] = {}
+    for kind, model in chosen.items():
         client = None
         if connect:
             servers = tuple(endpoint.uri for endpoint in model.service.all_endpoints())
@@ -444,19 +469,29 @@ class Summary:
 
 
 def command_ls(arguments: argparse.Namespace) -> int:
-    """Print the effective models like `photoprism vision ls`."""
+    """Print the effective models like `photoprism vision ls` (table, --json, --md, --csv or --tsv)."""
     config = load(arguments)
     rows = [_model_row(config, model) for model in config.models]
     if arguments.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    headers = ["Model", "Type", "Engine", "Endpoint", "Format", "Resolution", "Options", "Status"]
-    table = [[str(row["model"]), str(row["type"]), str(row["engine"]), str(row["endpoint"]), str(row["format"]),
-              str(row["resolution"]), json.dumps(row["options"], separators=(",", ":")), str(row["status"])]
+    headers = ["Type", "Model", "Engine", "Endpoint", "Format", "Resolution", "Run", "Options", "Status"]
+    table = [[str(row["type"]), str(row["model"]), str(row["engine"]), str(row["endpoint"]), str(row["format"]),
+              str(row["resolution"]), str(row["run"]), json.dumps(row["options"], separators=(",", ":"))
+              if row["options"] else "", str(row["status"])]
              for row in rows]
-    _print_table(headers, table)
-    for name, address in _apps(config).items():
-        print(f"{name}: {address}")
+    if arguments.md:
+        print("| " + " | ".join(headers) + " |")
+        print("|" + "|".join(":---" for _ in headers) + "|")
+        for cells in table:
+            print("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    elif arguments.csv or arguments.tsv:
+        writer = csv.writer(sys.stdout, delimiter="\t" if arguments.tsv else ",", lineterminator="\n")
+        writer.writerows([headers, *table])
+    else:
+        _print_table(headers, table)
+        for name, address in _apps(config).items():
+            print(f"{name}: {address}")
     return EXIT_OK
 
 
@@ -468,22 +503,23 @@ def _apps(config: Config) -> dict[str, str]:
 
 def _model_row(config: Config, model: ModelConfig) -> dict[str, object]:
     effective = config.model(model.type) is model
+    builtin = model.engine not in ("ollama", "openai")
     if model.disabled:
         status = "Disabled"
     elif effective and model.usable:
         status = "Enabled (used by captiond" + (", from the caption model)" if model.implied else ")")
     elif effective:
-        status = "Enabled (not used by captiond)"
+        status = "Enabled (run by PhotoPrism, not captiond)"
     else:
         status = "Enabled (overridden by a later entry)"
     service = model.service
     return {
         "model": model.model_id, "type": model.type, "engine": model.engine,
-        "endpoint": f"{service.method} {service.redacted_uri()}",
-        "format": f"{service.request_format}:{service.response_format}"
+        "endpoint": "" if builtin else f"{service.method} {service.redacted_uri()}",
+        "format": "" if builtin else f"{service.request_format}:{service.response_format}"
         + (f" ({model.format})" if model.format else ""),
-        "resolution": model.resolution, "options": dict(model.options), "status": status,
-        "key": "set" if service.key else "", "think": service.think, "stream": service.stream,
+        "resolution": model.resolution, "run": model.run, "options": {} if builtin else dict(model.options),
+        "status": status, "key": "set" if service.key else "", "think": service.think, "stream": service.stream,
     }
 
 
@@ -493,7 +529,7 @@ def command_watch(arguments: argparse.Namespace) -> int:
         originals=Path(arguments.originals) if arguments.originals else None,
         state_dir=Path(arguments.state_dir) if arguments.state_dir else None, listen=arguments.listen)
     _originals(config, arguments.originals)
-    runs = model_runs(config, arguments.models)
+    runs = model_runs(config, arguments.models, watch=True)
     clients = _clients(runs)
     state = StateStore(config.daemon.state_dir, rebuild=True)
     abandoned = 0

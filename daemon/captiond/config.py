@@ -30,9 +30,20 @@ KNOWN_ENGINES = ("ollama", "openai", "tensorflow", "onnx", "local", "vision")
 WRITE_MODES = ("sidecar", "embedded")
 SIDECAR_NAMES = ("ext", "base")
 WATCHERS = ("auto", "inotify", "polling")
+# PhotoPrism's RunTypes (internal/ai/vision/model_run.go): what a `Run:` value means, aliases included.
+RUN_TYPES: Mapping[str, str] = MappingProxyType(
+    {
+        "": "auto", "auto": "auto", "never": "never", "manual": "manual", "manually": "manual", "command": "manual",
+        "always": "always", "newly-indexed": "newly-indexed", "on-newly-indexed": "newly-indexed",
+        "indexed": "newly-indexed", "on-indexed": "newly-indexed", "after-index": "newly-indexed",
+        "on-demand": "on-demand", "on-schedule": "on-schedule", "schedule": "on-schedule", "on-index": "on-index",
+        "index": "on-index",
+    }
+)
 
 DEFAULT_MODEL = "gemma3:latest"
 DEFAULT_OLLAMA_BASE_URL = "http://localhost:11434"
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_CAPTION_PROMPT = (
     "Create a caption with exactly one sentence in the active voice that describes the main visual "
     "content. Begin with the main subject and clear action. Avoid text formatting, meta-language, "
@@ -85,6 +96,7 @@ DAEMON_KEYS = frozenset(
         "CacheSize",
         "CombineOutputs",
         "PhotoPrism", "Immich",
+        "Endpoints",
     }
 )
 APP_KEYS = frozenset({"Url", "Interval", "Originals"})
@@ -165,6 +177,30 @@ class ModelConfig:
         if self.version and ":" not in self.name:
             return f"{self.name}:{self.version}"
         return self.name
+
+    def should_run(self, when: str) -> bool:
+        """Return whether PhotoPrism runs this model in a context (`manual`: `vision run`; `newly-indexed`, ...).
+
+        PhotoPrism's Model.ShouldRun, with IsDefault read from `Default:`.
+        """
+        when = RUN_TYPES.get(when, "auto")
+        index_modes = {"always": self.default, "on-index": self.default, "newly-indexed": not self.default}
+        allowed = {
+            "auto": when in ("auto", "manual", "on-demand", "on-schedule") or index_modes.get(when, False),
+            "never": False,
+            "manual": when == "manual",
+            "always": when != "never",
+            "newly-indexed": when in ("manual", "newly-indexed", "on-demand"),
+            "on-demand": when in ("auto", "manual", "newly-indexed", "on-demand", "on-schedule"),
+            "on-schedule": when in ("auto", "manual", "on-schedule", "on-demand"),
+            "on-index": when in ("manual", "on-index"),
+        }
+        return allowed.get(self.run, False)
+
+    @property
+    def runs_in_watch(self) -> bool:
+        """Return whether `captiond watch` runs this model: every index-time Run mode, not manual or never."""
+        return self.run not in ("manual", "never")
 
     @property
     def usable(self) -> bool:
@@ -314,6 +350,7 @@ def parse_config(document: Any, environ: Mapping[str, str], path: Path | None) -
     if not isinstance(document, dict):
         raise ConfigError([f"expected a mapping at the top, got {_kind(document)}"], str(path or "vision.yml"))
     reader.check_keys(document, TOP_KEYS, "")
+    reader.daemon_servers = reader.daemon_endpoints(document.get("Daemon"))
     models = reader.models(document.get("Models"))
     thresholds = reader.thresholds(document.get("Thresholds"))
     daemon = reader.daemon(document.get("Daemon"))
@@ -352,20 +389,83 @@ def _register_secrets(document: Any, environ: Mapping[str, str]) -> None:
                 register_uri(text)
 
 
-def expand_variables(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
-    """Expand ${VAR} and ${VAR:-default}; return the text and the names of unset variables."""
-    missing: list[str] = []
+# Variables PhotoPrism gives a value when they are unset (vision_env.go); captiond's defaults are local servers.
+BASE_URL_DEFAULTS: Mapping[str, str] = MappingProxyType(
+    {"OLLAMA_BASE_URL": DEFAULT_OLLAMA_BASE_URL, "OPENAI_BASE_URL": DEFAULT_OPENAI_BASE_URL})
+# PhotoPrism's service_env.go: which variables a field expands (None: any); every other one becomes "".
+URI_SUFFIXES = ("_URL", "_URI", "_HOST")
+MODEL_SUFFIXES = ("_MODEL",)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LEGACY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):-(.*)", re.S)
 
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(3)
-        if environ.get(name):
-            return environ[name]
-        if default is not None:
-            return default
-        missing.append(name)
+
+def expand_variables(text: str, environ: Mapping[str, str], suffixes: tuple[str, ...] | None = None,
+                     legacy: bool = True) -> tuple[str, list[str]]:
+    """Expand $VAR and ${VAR} as Go's os.Expand does in PhotoPrism; return the text and what to warn about.
+
+    Only names ending in one of `suffixes` expand (None: any name); others, unset ones and invalid ones
+    become "". captiond's old `${VAR:-default}` (which PhotoPrism expands to "") still works when `legacy`,
+    with a warning. Unset OLLAMA_BASE_URL / OPENAI_BASE_URL take captiond's defaults.
+    """
+    notes: list[str] = []
+    output: list[str] = []
+    index = 0
+    while index < len(text):
+        if text[index] != "$" or index + 1 == len(text):
+            output.append(text[index])
+            index += 1
+            continue
+        name, width = _shell_name(text[index + 1:])
+        if not name:
+            if width == 0:
+                output.append("$")  # "$" not followed by a name stays, as in Go
+            index += 1 + width
+            continue
+        output.append(_variable(name, environ, suffixes, legacy, notes))
+        index += 1 + width
+    return "".join(output), notes
+
+
+def _shell_name(rest: str) -> tuple[str, int]:
+    """Return Go's getShellName: the name after a "$" and how many characters it takes."""
+    if rest[0] == "{":
+        closing = rest.find("}")
+        if closing == -1:
+            return "", 1  # bad syntax: Go eats the "${"
+        if closing == 1:
+            return "", 2
+        return rest[1:closing], closing + 1
+    if rest[0] in "*#$@!?-0123456789":
+        return rest[0], 1
+    match = re.match(r"[A-Za-z0-9_]*", rest)
+    width = match.end() if match else 0
+    return rest[:width], width
+
+
+def _variable(name: str, environ: Mapping[str, str], suffixes: tuple[str, ...] | None, legacy: bool,
+              notes: list[str]) -> str:
+    """Return the value of one ${name} (see expand_variables), noting what a user should hear about."""
+    old = _LEGACY.fullmatch(name)
+    if old and legacy:
+        variable, default = old.group(1), old.group(2)
+        if suffixes is not None:
+            notes.append(f"${{{name}}} is captiond's old form: PhotoPrism expands it to nothing; write ${{{variable}}}"
+                         + (" (captiond defaults it to a local server)" if variable in BASE_URL_DEFAULTS else "")
+                         + " and set the variable")
+        return environ.get(variable) or default
+    if not _NAME.fullmatch(name) or (suffixes is not None and not any(
+            name.endswith(suffix) and len(name) > len(suffix) for suffix in suffixes)):
+        notes.append(f"${{{name}}} expands to nothing here, as in PhotoPrism"
+                     + (f" (only variables ending in {', '.join(suffixes)})" if suffixes else ""))
         return ""
-
-    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}", substitute, text), missing
+    value = environ.get(name, "")
+    if name == "OLLAMA_BASE_URL" and not value.strip():
+        return ollama_base_url(environ, DEFAULT_OLLAMA_BASE_URL)  # unset: OLLAMA_HOST, else a local server
+    if name in BASE_URL_DEFAULTS:
+        return value.strip().rstrip("/") or BASE_URL_DEFAULTS[name]
+    if not value:
+        notes.append(f"environment variable {name} is not set")
+    return value
 
 
 def parse_duration(value: Any) -> float | None:
@@ -396,6 +496,17 @@ def _kind(value: Any) -> str:
     return {"dict": "a mapping", "list": "a list"}.get(type(value).__name__, type(value).__name__)
 
 
+def _expansion(where: str, key: str) -> tuple[str, ...] | bool:
+    """Return how a text field expands variables: PhotoPrism's rule for its own keys, any variable in Daemon."""
+    if where.startswith("Daemon"):
+        return True
+    if key == "Uri":
+        return URI_SUFFIXES
+    if key in ("Model", "Name"):
+        return MODEL_SUFFIXES
+    return key in ("Key", "Username", "Password", "Org", "Project")
+
+
 class _Reader:
     """Walks the document, reads typed values and collects problems and warnings with their locations."""
 
@@ -403,6 +514,8 @@ class _Reader:
         self.environ = environ
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self.current_type = "caption"
+        self.daemon_servers: dict[str, tuple[Endpoint, ...]] = {}
 
     def problem(self, where: str, message: str) -> None:
         self.problems.append(f"{where}: {message}")
@@ -428,9 +541,16 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             self.problem(f"{where}.{key}", f"expected text, got {_kind(value)}")
             return default
-        text, missing = expand_variables(str(value), self.environ)
-        for name in missing:
-            self.warnings.append(f"{where}.{key}: environment variable {name} is not set")
+        rule = _expansion(where, key)
+        if rule is False:
+            if "${" in str(value):
+                self.warnings.append(f"{where}.{key}: PhotoPrism does not expand variables here; "
+                                     "the text is used as written")
+            return str(value)
+        text, notes = expand_variables(str(value), self.environ, rule if isinstance(rule, tuple) else None,
+                                       legacy=True)
+        for note in notes:
+            self.warnings.append(f"{where}.{key}: {note}")
         return text
 
     def choice(self, mapping: Mapping[str, Any], key: str, where: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -444,9 +564,13 @@ class _Reader:
         """Return a raw value; text holding ${VAR} is expanded and read again as YAML (so numbers work)."""
         value = mapping.get(key)
         if isinstance(value, str) and "${" in value:
-            text, missing = expand_variables(value, self.environ)
-            for name in missing:
-                self.warnings.append(f"{where}.{key}: environment variable {name} is not set")
+            if not where.startswith("Daemon"):
+                self.warnings.append(f"{where}.{key}: PhotoPrism cannot read a variable here (it expects a "
+                                     f"{'number' if key != 'Stop' else 'list'} or true/false): its whole "
+                                     "vision.yml fails to load; write the value itself")
+            text, notes = expand_variables(value, self.environ)
+            for note in notes:
+                self.warnings.append(f"{where}.{key}: {note}")
             try:
                 value = yaml.safe_load(text) if text.strip() else None
             except yaml.YAMLError:
@@ -567,6 +691,7 @@ class _Reader:
         model_type = implied_type or self.choice(entry, "Type", where, "caption", MODEL_TYPES)
         if implied_type is None and "Type" not in entry:
             self.problem(f"{where}.Type", f"required, one of {', '.join(MODEL_TYPES)}")
+        self.current_type = model_type
         engine = self.string(entry, "Engine", where, "").strip().lower()
         if not engine and (any(key in entry for key in ("TensorFlow", "ONNX", "Meta", "Path", "LabelFile"))
                            or (self.boolean(entry, "Default", where, False) and model_type != "caption")):
@@ -586,7 +711,7 @@ class _Reader:
             name=name,
             version=self.string(entry, "Version", where, ""),
             engine=engine,
-            run=self.string(entry, "Run", where, "auto"),
+            run=self.run_type(entry, where),
             prompt=self.string(entry, "Prompt", where, DEFAULT_PROMPTS.get(model_type, "")),
             system=self.string(entry, "System", where, ""),
             format=self.string(entry, "Format", where, ""),
@@ -607,11 +732,24 @@ class _Reader:
             return bool(value)
         return str(value).strip().lower() not in ("", "false", "no", "off", "none", "0")
 
+    def run_type(self, entry: Mapping[str, Any], where: str) -> str:
+        """Return the canonical Run mode; an unknown one is auto, as in PhotoPrism, with a warning."""
+        text = self.string(entry, "Run", where, "").strip().lower().replace("_", "-").replace(" ", "-")
+        if text not in RUN_TYPES:
+            self.warnings.append(f"{where}.Run: unknown mode {_kind(entry.get('Run'))}, PhotoPrism and captiond "
+                                 "read it as auto (one of auto, always, on-index, newly-indexed, on-schedule, "
+                                 "on-demand, manual, never)")
+            return "auto"
+        return RUN_TYPES[text]
+
     def service(self, value: Any, where: str, engine: str, model_type: str) -> Service:
         mapping = self.mapping(value, where)
         self.check_keys(mapping, SERVICE_KEYS, where)
-        endpoints = self.endpoints(mapping, where)
-        uri = endpoints[0].uri if endpoints else self.string(mapping, "Uri", where, "").strip()
+        endpoints = self.daemon_servers.get(model_type, ()) or self.endpoints(mapping, where)
+        if isinstance(mapping.get("Uri"), list):
+            uri = endpoints[0].uri if endpoints else ""
+        else:
+            uri = self.string(mapping, "Uri", where, "").strip() or (endpoints[0].uri if endpoints else "")
         inferred = "openai" if engine == "openai" or uri.rstrip("/").endswith("/v1/chat/completions") else "ollama"
         request_format = self.choice(mapping, "RequestFormat", where, inferred, ("ollama", "openai", "vision"))
         if request_format == "vision":
@@ -669,21 +807,35 @@ class _Reader:
         return text
 
     def endpoints(self, mapping: Mapping[str, Any], where: str) -> tuple[Endpoint, ...]:
-        """Return the servers of a `Uri:` list or an `Endpoints:` list (empty for a single Uri)."""
+        """Return the servers of the old in-Service forms, a `Uri:` list or `Endpoints:` (empty for one Uri).
+
+        Both still work, with a warning: a list under Uri makes PhotoPrism's whole file fail to load, and
+        servers belong in `Daemon.Endpoints`, which PhotoPrism does not read.
+        """
+        model_type = self.current_type
+        move = (f"move the servers to Daemon.Endpoints.{model_type}: [{{Uri: ..., Parallel: N}}, ...] and keep one "
+                "Uri here")
         uris = mapping.get("Uri")
-        entries: list[Any] = []
         if isinstance(uris, list):
+            self.warnings.append(f"{where}.Uri: a list makes PhotoPrism's whole vision.yml fail to load "
+                                 f"(cannot unmarshal !!seq into string); {move}")
             entries = [{"Uri": uri} for uri in uris]
-            mapping = {key: item for key, item in mapping.items() if key != "Uri"}
+            found = self.endpoint_list(entries, f"{where}.Uri")
+        else:
+            found = ()
         if mapping.get("Endpoints") is not None:
-            if not isinstance(mapping["Endpoints"], list) or not mapping["Endpoints"]:
-                self.problem(f"{where}.Endpoints", f"expected a list of {{Uri, Parallel}}, got "
-                             f"{_kind(mapping['Endpoints'])}")
-                return ()
-            entries += mapping["Endpoints"]
+            self.warnings.append(f"{where}.Endpoints: deprecated, PhotoPrism does not know it; {move}")
+            found += self.endpoint_list(mapping["Endpoints"], f"{where}.Endpoints")
+        return found
+
+    def endpoint_list(self, entries: Any, where: str) -> tuple[Endpoint, ...]:
+        """Return the servers of a list of {Uri, Parallel, Key}."""
+        if not isinstance(entries, list) or not entries:
+            self.problem(where, f"expected a list of {{Uri, Parallel}}, got {_kind(entries)}")
+            return ()
         endpoints = []
         for index, entry in enumerate(entries):
-            location = f"{where}.Endpoints[{index}]" if "Endpoints" in mapping else f"{where}.Uri[{index}]"
+            location = f"{where}[{index}]"
             entry = self.mapping(entry, location)
             self.check_keys(entry, ENDPOINT_KEYS, location)
             uri = self.string(entry, "Uri", location, "").strip()
@@ -693,6 +845,24 @@ class _Reader:
             parallel = self.positive_int(entry, "Parallel", location, 0) or None
             endpoints.append(Endpoint(uri, parallel, self.string(entry, "Key", location, "")))
         return tuple(endpoints)
+
+    def daemon_endpoints(self, daemon: Any) -> dict[str, tuple[Endpoint, ...]]:
+        """Return `Daemon.Endpoints`: model type -> the servers that model is spread over."""
+        mapping = daemon.get("Endpoints") if isinstance(daemon, dict) else None
+        if mapping is None:
+            return {}
+        if not isinstance(mapping, dict):
+            self.problem("Daemon.Endpoints", f"expected a mapping of model type to a list of {{Uri, Parallel}}, "
+                         f"got {_kind(mapping)}")
+            return {}
+        found = {}
+        for model_type, entries in mapping.items():
+            if model_type not in CAPTIOND_TYPES:
+                self.problem(f"Daemon.Endpoints.{model_type}", f"expected a model type captiond runs "
+                             f"({', '.join(CAPTIOND_TYPES)})")
+                continue
+            found[str(model_type)] = self.endpoint_list(entries, f"Daemon.Endpoints.{model_type}")
+        return found
 
     def options(self, value: Any, where: str, model_type: str) -> Mapping[str, Any]:
         mapping = self.mapping(value, where)
@@ -734,7 +904,8 @@ class _Reader:
         return Thresholds(
             confidence=self.percent(mapping, "Confidence", "Thresholds", 20),
             topicality=self.percent(mapping, "Topicality", "Thresholds", 0),
-            nsfw=self.percent(mapping, "NSFW", "Thresholds", 75),
+            nsfw=-1 if self.value(mapping, "NSFW", "Thresholds") == -1  # PhotoPrism: -1 turns the check off
+            else self.percent(mapping, "NSFW", "Thresholds", 75),
         )
 
     def app(self, daemon: Mapping[str, Any], name: str, secret: str) -> AppConfig | None:
