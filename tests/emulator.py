@@ -63,7 +63,7 @@ DEFAULT_MODELS: dict[str, list[str]] = {
     "llama3.2:1b": ["completion"],
     "qwen3-vl:2b": ["completion", "vision", "thinking"],
 }
-GENERATION_PATHS = ("/api/generate", "/api/chat", "/v1/chat/completions")
+GENERATION_PATHS = ("/api/generate", "/api/chat", "/v1/chat/completions", "/v1/responses")
 CANT_SEE = "I'm sorry, I can't see images."
 DEFAULT_THINKING = "The user wants a short caption, so I describe what the picture shows."
 _B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
@@ -155,7 +155,7 @@ class RecordedRequest:
 
 # ---------------------------------------------------------------- helpers
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    msgs = body.get("messages")
+    msgs = body.get("messages", body.get("input"))  # chat messages, or the Responses API's input
     return [m for m in msgs if isinstance(m, dict)] if isinstance(msgs, list) else []
 
 
@@ -171,7 +171,7 @@ def _openai_urls(body: dict[str, Any]) -> list[Any]:
     for m in _messages(body):
         content = m.get("content")
         for part in content if isinstance(content, list) else []:
-            if isinstance(part, dict) and part.get("type") == "image_url":
+            if isinstance(part, dict) and part.get("type") in ("image_url", "input_image"):
                 iu = part.get("image_url")
                 urls.append(iu.get("url") if isinstance(iu, dict) else iu)
     return urls
@@ -425,6 +425,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"object": "list", "data": data})
         elif method == "POST" and path == "/api/show":
             self._show(body)
+        elif method == "POST" and path == "/v1/responses":
+            self._responses(body)
         elif method == "POST" and path in GENERATION_PATHS:
             behaviour = emu._next_behaviour()
             emu._count_active(+1)
@@ -434,6 +436,19 @@ class _Handler(BaseHTTPRequestHandler):
                 emu._count_active(-1)
         else:
             self._send(404, b"404 page not found", "text/plain; charset=utf-8")
+
+    def _responses(self, body: Any) -> None:
+        """OpenAI's Responses API, not streamed: `input` messages with input_text / input_image parts."""
+        if not isinstance(body, dict) or not body.get("model") or not isinstance(body.get("input"), list):
+            return self._error(400, "Missing required parameter: 'input'.")
+        for url in _openai_urls(body):
+            payload = _data_url_payload(url)
+            if payload is None or _b64_error(payload):
+                return self._error(400, "Invalid 'input[1].content[1].image_url'.")
+        text = self.server.emulator.reply(body)
+        self._json(200, {"id": "resp_emulator", "object": "response", "status": "completed", "model": body["model"],
+                         "output": [{"type": "message", "role": "assistant", "status": "completed",
+                                     "content": [{"type": "output_text", "text": text, "annotations": []}]}]})
 
     def _show(self, body: Any) -> None:
         name = (body.get("model") or body.get("name")) if isinstance(body, dict) else None

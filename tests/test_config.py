@@ -216,15 +216,14 @@ def test_an_openai_chat_completions_uri_infers_the_openai_format(tmp_path: Path)
     assert model.service.key == "sk-local"
 
 
-def test_the_openai_engine_without_a_uri_is_a_problem(tmp_path: Path) -> None:
-    problems = problems_of(tmp_path, """
+def test_the_openai_engine_without_a_uri_is_openais_responses_api_as_in_photoprism(tmp_path: Path) -> None:
+    config = load(tmp_path, """
         Models:
           - Type: caption
             Engine: openai
     """)
 
-    assert len(problems) == 1
-    assert problems[0].startswith("Models[0].Service.Uri: required")
+    assert caption_model(config).service.uri == "https://api.openai.com/v1/responses"
 
 
 def test_a_photoprism_file_with_builtin_tensorflow_models_still_finds_the_caption_model(tmp_path: Path) -> None:

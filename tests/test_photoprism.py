@@ -26,7 +26,8 @@ from captiond.config import (
     load_config,
 )
 from captiond.errors import ConfigError
-from conftest import run_captiond
+from conftest import add_fixture, read_tags, run_captiond
+from emulator import OllamaEmulator
 
 ROOT = Path(__file__).parent.parent
 READER = Path(__file__).parent / "photoprism" / "vision_reader.go"
@@ -337,3 +338,128 @@ def test_ls_shows_the_run_mode_in_every_format(tmp_path: Path, flag: str | None)
     assert any("manual" in line and "gemma3:4b" in line for line in lines)
     if flag == "--md":
         assert lines[1].startswith("|:---|")
+
+
+# --- PhotoPrism's example configs: they load, and captiond sends the request PhotoPrism would ------------------
+
+def test_openai_without_uri_is_photoprisms_responses_endpoint(tmp_path: Path) -> None:
+    config = load(tmp_path, """
+        Models:
+          - Type: caption
+            Name: gpt-5-mini
+            Version: latest
+            Engine: openai
+            Service:
+              Key: ${OPENAI_API_KEY}
+        """, {"OPENAI_API_KEY": "sk-test"})
+
+    model = caption(config)
+    assert model.service.uri == "https://api.openai.com/v1/responses"
+    assert (model.model_id, model.service.request_format, model.service.key) == ("gpt-5-mini", "openai", "sk-test")
+    assert model.usable
+
+
+def test_a_responses_uri_gets_photoprisms_responses_body(tmp_path: Path, originals: Path,
+                                                         emulator: OllamaEmulator) -> None:
+    emulator.models["gpt-5-mini"] = ["completion", "vision"]
+    photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    config = write(tmp_path, f"""
+        Models:
+          - Type: caption
+            Model: gpt-5-mini
+            Engine: openai
+            Options: {{MaxOutputTokens: 300, Detail: low, Temperature: 0.4}}
+            Service:
+              Uri: {emulator.url}/v1/responses
+              Key: sk-test
+              Org: org-1
+              Project: proj-1
+              FileScheme: base64
+        Daemon: {{StateDir: {tmp_path / "state"}}}
+        """)
+
+    result = run_captiond("run", "--config", config, "--originals", originals)
+
+    assert result.exit_code == 0, result.stderr
+    request = emulator.generation_requests()[0]
+    assert request.path == "/v1/responses"
+    assert request.headers["authorization"] == "Bearer sk-test"
+    assert (request.headers["openai-organization"], request.headers["openai-project"]) == ("org-1", "proj-1")
+    body = request.body
+    assert body["model"] == "gpt-5-mini"  # verbatim, no :latest
+    assert body["max_output_tokens"] == 300
+    assert "temperature" not in body and "top_p" not in body  # GPT-5 models take no sampling parameters
+    user = body["input"][-1]
+    assert user["role"] == "user"
+    assert [part["type"] for part in user["content"]] == ["input_text", "input_image"]
+    assert user["content"][1]["image_url"].startswith("data:image/jpeg;base64,")  # a data URL whatever FileScheme
+    assert user["content"][1]["detail"] == "low"
+    assert read_tags(Path(f"{photo}.xmp"), "XMP-dc:Description")["XMP-dc:Description"].startswith("A photo")
+
+
+# Shaped like PhotoPrism's internal/ai/vision/testdata/vision.yml: built-in ONNX/TensorFlow models, NSFW -1,
+# a caption model on Ollama with Think as text, base64 and explicit formats.
+PHOTOPRISM_TESTDATA_SHAPE = """
+    Models:
+    - Type: labels
+      Default: true
+      Name: efficientformerv2_s2
+      Version: latest
+      Resolution: 224
+      ONNX:
+        File: efficientformerv2_s2.onnx
+        Input: {Name: input, Width: 224, Height: 224, Normalization: {Mean: [123.675, 116.28, 103.53]}}
+        Output: {Name: logits, Width: 1000, Logits: true}
+      CanonicalOrder: true
+    - Type: nsfw
+      Default: true
+      Name: yahoo_open_nsfw
+      Reduction: softmax-unsafe
+      UnsafeClassIndex: 1
+      DefaultThreshold: 0.8
+    - Type: face
+      Default: true
+      Name: facenet
+      TensorFlow: {Tags: [serve], Output: {Name: embeddings, Outputs: 512}}
+    - Type: caption
+      Model: gemma3:latest
+      Engine: ollama
+      Run: manual
+      Resolution: 720
+      Service:
+        Uri: ${OLLAMA_BASE_URL}/api/generate
+        Key: ${OLLAMA_API_KEY}
+        Think: "false"
+        FileScheme: base64
+        RequestFormat: ollama
+        ResponseFormat: ollama
+    Thresholds:
+      Confidence: 10
+      NSFW: -1
+    """
+
+
+def test_photoprisms_test_configuration_loads_and_reads_in_photoprism(photoprism_reader: Path,
+                                                                      tmp_path: Path) -> None:
+    config = load(tmp_path, PHOTOPRISM_TESTDATA_SHAPE, {"OLLAMA_BASE_URL": "http://gpu-box:11434"})
+
+    model = caption(config)
+    assert (model.model_id, model.run, model.service.uri, model.service.think) == (
+        "gemma3:latest", "manual", "http://gpu-box:11434/api/generate", "false")
+    assert [(entry.type, entry.engine) for entry in config.models[:3]] == [
+        ("labels", "onnx"), ("nsfw", "tensorflow"), ("face", "tensorflow")]
+    assert config.thresholds.nsfw == -1
+    photoprism_reads(photoprism_reader, tmp_path / "vision.yml", {})
+
+
+def test_the_vision_service_format_is_named_and_left_to_photoprism(tmp_path: Path) -> None:
+    config = load(tmp_path, """
+        Models:
+          - Type: caption
+            Name: kosmos-2
+            Service: {Uri: "http://vision:5000/api/v1/vision/caption", RequestFormat: vision}
+        """)
+
+    model = caption(config)
+    assert not model.usable
+    assert any("PhotoPrism's own Vision service API" in warning for warning in config.warnings)

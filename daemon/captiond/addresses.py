@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_OLLAMA_PORT = "11434"
-GENERATION_PATHS = {"ollama": ("/api/generate", "/api/chat"), "openai": ("/v1/chat/completions",)}
+GENERATION_PATHS = {"ollama": ("/api/generate", "/api/chat"), "openai": ("/v1/chat/completions", "/v1/responses")}
 DEFAULT_PATHS = {"ollama": "/api/generate", "openai": "/v1/chat/completions"}
 BASES = {"ollama": "/api", "openai": "/v1"}
 FORMAT_NAMES = {"ollama": "Ollama", "openai": "OpenAI-compatible"}

@@ -44,6 +44,7 @@ RUN_TYPES: Mapping[str, str] = MappingProxyType(
 DEFAULT_MODEL = "gemma3:latest"
 DEFAULT_OLLAMA_BASE_URL = "http://localhost:11434"
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_RESPONSES_URI = "https://api.openai.com/v1/responses"
 DEFAULT_CAPTION_PROMPT = (
     "Create a caption with exactly one sentence in the active voice that describes the main visual "
     "content. Begin with the main subject and clear action. Avoid text formatting, meta-language, "
@@ -70,7 +71,9 @@ OPTION_NAMES: Mapping[str, str] = MappingProxyType(
 )
 BOOLEAN_OPTIONS = frozenset({"PenalizeNewline", "LowVram", "VocabOnly", "UseMmap", "UseMlock", "Numa"})
 # Keys PhotoPrism knows that captiond accepts silently but does not use.
-IGNORED_OPTIONS = frozenset({"ForceJson", "SchemaVersion", "CombineOutputs", "Detail"})
+# Options PhotoPrism uses for its own answer handling; captiond accepts them and says it does not use them.
+PHOTOPRISM_ONLY_OPTIONS = frozenset({"ForceJson", "SchemaVersion", "CombineOutputs"})
+DETAILS = ("auto", "low", "high")
 MODEL_KEYS = frozenset(
     {
         "Type", "Default", "Name", "Model", "Version", "Engine", "Run", "System", "Prompt", "Format",
@@ -134,6 +137,10 @@ class Service:
     response_format: str = "ollama"
     think: str = "false"
     stream: bool = True
+    org: str = ""  # OpenAI-Organization header
+    project: str = ""  # OpenAI-Project header
+    tier: str = ""  # OpenAI service_tier (Responses API)
+    disabled: bool = False
     endpoints: tuple[Endpoint, ...] = ()
 
     def all_endpoints(self) -> tuple[Endpoint, ...]:
@@ -163,6 +170,7 @@ class ModelConfig:
     system: str = ""
     format: str = ""
     normalize: str = ""
+    detail: str = ""  # Options.Detail: the image detail OpenAI is asked for (auto, low, high)
     resolution: int = 720
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     service: Service = field(default_factory=lambda: Service(uri=f"{DEFAULT_OLLAMA_BASE_URL}/api/generate"))
@@ -173,8 +181,8 @@ class ModelConfig:
 
     @property
     def model_id(self) -> str:
-        """Return the model name as sent to the server (name:version when a Version is set)."""
-        if self.version and ":" not in self.name:
+        """Return the model name as sent to the server (name:version when a Version is set; OpenAI: verbatim)."""
+        if self.version and ":" not in self.name and self.engine != "openai":
             return f"{self.name}:{self.version}"
         return self.name
 
@@ -205,7 +213,8 @@ class ModelConfig:
     @property
     def usable(self) -> bool:
         """Return whether captiond can run this model itself (a remote engine it speaks)."""
-        return self.engine in REMOTE_ENGINES and self.type in CAPTIOND_TYPES
+        return (self.engine in REMOTE_ENGINES and self.type in CAPTIOND_TYPES
+                and self.service.request_format in REMOTE_ENGINES and not self.service.disabled)
 
 
 @dataclass(frozen=True)
@@ -695,7 +704,8 @@ class _Reader:
         engine = self.string(entry, "Engine", where, "").strip().lower()
         if not engine and (any(key in entry for key in ("TensorFlow", "ONNX", "Meta", "Path", "LabelFile"))
                            or (self.boolean(entry, "Default", where, False) and model_type != "caption")):
-            engine = "tensorflow"  # PhotoPrism's built-in models (labels, nsfw, face), run by PhotoPrism only
+            # PhotoPrism's built-in models (labels, nsfw, face), run by PhotoPrism only (its EngineName)
+            engine = "onnx" if "ONNX" in entry and "TensorFlow" not in entry else "tensorflow"
         if engine and engine not in KNOWN_ENGINES:
             self.problem(f"{where}.Engine", f"expected one of {', '.join(KNOWN_ENGINES)}, got {_kind(engine)}")
         service = self.service(entry.get("Service"), f"{where}.Service", engine, model_type)
@@ -705,6 +715,10 @@ class _Reader:
         service_model = self.string(self.mapping(entry.get("Service"), f"{where}.Service"), "Model", where, "")
         name = service_model or name or self.environ.get("OLLAMA_MODEL", "") or DEFAULT_MODEL
         options = self.options(entry.get("Options"), f"{where}.Options", model_type)
+        for key in ("Schema", "SchemaFile"):
+            if entry.get(key) and model_type in CAPTIOND_TYPES:
+                self.warnings.append(f"{where}.{key}: captiond asks for labels with its own JSON schema; "
+                                     f"{key} is used by PhotoPrism only")
         return ModelConfig(
             index=index,
             type=model_type,
@@ -717,6 +731,8 @@ class _Reader:
             format=self.string(entry, "Format", where, ""),
             normalize=({False: "false", True: ""}[entry["Normalize"]] if isinstance(entry.get("Normalize"), bool)
                        else self.string(entry, "Normalize", where, "")),  # `Normalize: false`, as documented
+            detail=self.choice(self.mapping(entry.get("Options"), f"{where}.Options"), "Detail", f"{where}.Options",
+                               "", ("", *DETAILS)),
             resolution=self.positive_int(entry, "Resolution", where, 720),
             options=options,
             service=service,
@@ -750,28 +766,37 @@ class _Reader:
             uri = endpoints[0].uri if endpoints else ""
         else:
             uri = self.string(mapping, "Uri", where, "").strip() or (endpoints[0].uri if endpoints else "")
-        inferred = "openai" if engine == "openai" or uri.rstrip("/").endswith("/v1/chat/completions") else "ollama"
+        openai_uri = uri.rstrip("/").endswith(("/v1/chat/completions", "/responses"))
+        inferred = "openai" if engine == "openai" or openai_uri else "ollama"
         request_format = self.choice(mapping, "RequestFormat", where, inferred, ("ollama", "openai", "vision"))
-        if request_format == "vision":
-            request_format = inferred
+        if request_format == "vision" and model_type in CAPTIOND_TYPES:
+            self.warnings.append(f"{where}.RequestFormat: vision is PhotoPrism's own Vision service API, which "
+                                 "captiond does not speak: this model is left to PhotoPrism")
         response_format = self.choice(mapping, "ResponseFormat", where, request_format, ("ollama", "openai", "vision"))
         if not uri:
-            if request_format == "openai" and model_type in CAPTIOND_TYPES and engine in REMOTE_ENGINES:
-                self.problem(f"{where}.Uri", "required for an OpenAI-compatible server, "
-                             "e.g. http://localhost:8080/v1/chat/completions")
-            uri = f"{ollama_base_url(self.environ, DEFAULT_OLLAMA_BASE_URL)}/api/generate"
+            if request_format == "openai":
+                uri = OPENAI_RESPONSES_URI  # PhotoPrism's default for Engine: openai
+            else:
+                uri = f"{ollama_base_url(self.environ, DEFAULT_OLLAMA_BASE_URL)}/api/generate"
         elif not re.match(r"^https?://[^/\s]+", uri):
             self.problem(f"{where}.Uri", f"expected an http:// or https:// address, got {_kind(uri)}")
-        else:
+        elif request_format in REMOTE_ENGINES:
             uri = self.understood(uri, request_format, f"{where}.Uri")
-        endpoints = tuple(dataclasses.replace(endpoint, uri=self.understood(endpoint.uri, request_format,
-                                                                            f"{where}.Endpoints[{index}].Uri"))
-                          for index, endpoint in enumerate(endpoints))
-        scheme_default = "data" if request_format == "openai" else "base64"
-        file_scheme = self.choice(mapping, "FileScheme", where, scheme_default, ("base64", "data"))
-        if file_scheme != scheme_default:
-            self.problem(f"{where}.FileScheme", f"{request_format} servers take {scheme_default} images, "
-                         f"got {file_scheme}")
+        if request_format in REMOTE_ENGINES:
+            endpoints = tuple(dataclasses.replace(endpoint, uri=self.understood(endpoint.uri, request_format,
+                                                                                f"{where}.Endpoints[{index}].Uri"))
+                              for index, endpoint in enumerate(endpoints))
+        # PhotoPrism sends OpenAI a data URL and Ollama plain base64 whatever FileScheme says; so does captiond.
+        file_scheme = self.choice(mapping, "FileScheme", where, "data" if request_format == "openai" else "base64",
+                                  ("base64", "data", "url"))
+        for name in ("Username", "Password"):
+            if mapping.get(name):
+                self.warnings.append(f"{where}.{name}: captiond sends no user name or password; use Key (a "
+                                     "Bearer token) or the address")
+        disabled = self.boolean(mapping, "Disabled", where, False)
+        if disabled and model_type in CAPTIOND_TYPES:
+            self.warnings.append(f"{where}.Disabled: the service is disabled, so neither PhotoPrism nor captiond "
+                                 "can reach this model")
         key_default = self.environ.get("OPENAI_API_KEY" if request_format == "openai" else "OLLAMA_API_KEY", "")
         think = mapping.get("Think", "false")
         think_text = str(think).lower() if isinstance(think, bool | str) else "false"
@@ -788,6 +813,10 @@ class _Reader:
             response_format=response_format,
             think=think_text,
             stream=self.boolean(mapping, "Stream", where, True),
+            org=self.string(mapping, "Org", where, "").strip(),
+            project=self.string(mapping, "Project", where, "").strip(),
+            tier=self.string(mapping, "Tier", where, "").strip(),
+            disabled=disabled,
         )
 
     def understood(self, uri: str, request_format: str, where: str) -> str:
@@ -871,8 +900,11 @@ class _Reader:
             options["top_p"] = 0.9
         for key in mapping:
             option_value = self.value(mapping, key, where)
-            if key in IGNORED_OPTIONS:
+            if key in PHOTOPRISM_ONLY_OPTIONS:
+                self.warnings.append(f"{where}.{key}: used by PhotoPrism only; captiond does not need it")
                 continue
+            if key == "Detail":
+                continue  # read by model(): the image detail OpenAI is asked for
             if key not in OPTION_NAMES:
                 self.warnings.append(f"{where}.{key}: unknown option, ignored")
                 continue

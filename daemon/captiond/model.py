@@ -36,6 +36,7 @@ from .errors import (
     ServerUnreachable,
     TransientModelError,
 )
+from .responses import is_responses_uri, parse_responses, responses_body
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class ModelClient:
             limits=httpx.Limits(max_connections=capacity * 2 + 4, max_keepalive_connections=capacity + 2),
         )
         self.openai = model.service.request_format == "openai"
+        self.responses = self.openai and is_responses_uri(model.service.uri)  # OpenAI's Responses API
         self._closed = False
 
     def close(self) -> None:
@@ -162,8 +164,11 @@ class ModelClient:
 
         `subject` names the photo in log lines about retries.
         """
-        body = (self._openai_body(jpeg, prompt, system, schema) if self.openai
-                else self._ollama_body(jpeg, prompt, system, schema))
+        if self.responses:
+            body = responses_body(self.model, jpeg, prompt, system, schema)
+        else:
+            body = (self._openai_body(jpeg, prompt, system, schema) if self.openai
+                    else self._ollama_body(jpeg, prompt, system, schema))
         keep_alive = None if self.openai or self.keep_alive is None else self.keep_alive()
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
@@ -219,7 +224,11 @@ class ModelClient:
 
     def _headers(self, endpoint: Endpoint) -> dict[str, str]:
         key = endpoint.key or self.model.service.key
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        if self.openai:  # PhotoPrism's Service.Org / Project
+            headers.update({name: value for name, value in (("OpenAI-Organization", self.model.service.org),
+                                                             ("OpenAI-Project", self.model.service.project)) if value})
+        return headers
 
     def _check_once(self, endpoint: Endpoint) -> None:
         base = endpoint.base_url()
@@ -297,6 +306,11 @@ class ModelClient:
             chunks = self._read_bounded(response, deadline)
             if body.get("stream"):
                 return _parse_sse(chunks) if self.openai else _parse_ndjson(chunks)
+            if self.responses:
+                document = _json_object(b"".join(chunks))
+                if document.get("error"):
+                    raise _stream_error(_error_message(json.dumps(document).encode()))
+                return Answer(*parse_responses(document))
             return _parse_single(b"".join(chunks), self.openai)
 
     def _read_bounded(self, response: httpx.Response, deadline: float) -> Iterator[bytes]:
