@@ -199,7 +199,7 @@ func main() {
 			case "ollama":
 				uri = "${OLLAMA_BASE_URL}/api/generate"
 			case "openai":
-				uri = "${OPENAI_BASE_URL}/responses"
+				uri = "https://api.openai.com/v1/responses"
 			}
 		}
 		name := model.Service.Model
