@@ -246,7 +246,7 @@ def test_exif_image_description_holds_only_ascii_captions(tmp_path: Path, origin
                                                            caption: str, in_exif: bool) -> None:
     from PIL import Image
 
-    photo = add_fixture(originals, "Konica_Minolta_DiMAGE_Z3.jpg")  # "KONICA MINOLTA DIGITAL CAMERA" in EXIF
+    photo = add_fixture(originals, "Olympus_boilerplate.jpg")  # "OLYMPUS DIGITAL CAMERA" in EXIF: no caption
     emulator.reply = lambda body: caption
     config = write_config(tmp_path, emulator.url, daemon={"Write": "embedded"})
 
