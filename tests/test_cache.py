@@ -57,7 +57,8 @@ def test_a_later_run_and_a_new_copy_reuse_the_answer_and_force_asks_again(
     assert tags_of(copy)["XMP-captiond:CaptionCached"] == "result cache"
 
     emulator.reply = lambda body: "A new answer for a forced run."
-    forced = run_captiond("run", "--config", config, "--originals", originals, "--force", "-p", "1")
+    forced = run_captiond("run", "--config", config, "--originals", originals, "--force", "--source", "ollama",
+                          "-p", "1")
     assert "captioned 2" in forced.stdout, forced.stdout
     assert len(emulator.generation_requests()) == 3
     assert tags_of(copy)["XMP-dc:Description"] == "A new answer for a forced run."
