@@ -17,7 +17,7 @@ from captiond.pipeline import CAPTIONED, Captioner, RunOptions
 from conftest import add_fixture, read_tags, run_captiond, write_config
 from emulator import OllamaEmulator
 
-PHOTOS = ["Canon_PowerShot_S40.jpg", "Nikon_COOLPIX_P1.jpg", "Konica_Minolta_DiMAGE_Z3.jpg"]
+PHOTOS = ["Canon_PowerShot_S40.jpg", "Nikon_COOLPIX_P1.jpg", "Olympus_boilerplate.jpg"]
 LABELS = [{"name": "ferris wheel", "confidence": 0.9, "topicality": 0.8},
           {"name": "Sky", "confidence": 0.7, "topicality": 0.5},
           {"name": "blur", "confidence": 0.1, "topicality": 0.9}]

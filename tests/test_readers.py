@@ -78,7 +78,7 @@ def build_library(originals: Path) -> list[Path]:
     tagged = copy("Canon_PowerShot_S40.jpg", "digikam/tagged.jpg")  # digiKam writes TagsList into the file
     exiftool_write("-XMP-digiKam:TagsList=People/Grandma", "-XMP-lr:HierarchicalSubject=People|Grandma",
                    "-XMP-dc:Subject=Grandma", "-IPTC:Keywords=Grandma", str(tagged))
-    developed = copy("Konica_Minolta_DiMAGE_Z3.jpg", "darktable/IMG_2.jpg")
+    developed = copy("Olympus_boilerplate.jpg", "darktable/IMG_2.jpg")
     (originals / "darktable" / "IMG_2.jpg.xmp").write_text(DARKTABLE_SIDECAR)
     iptc = copy("IPTC.jpg", "iptc/IPTC.jpg")  # IPTC caption and keywords, no XMP, no hierarchy
     smoke = copy("Canon_PowerShot_S40.jpg", "comments/smoke.jpg")
