@@ -492,8 +492,8 @@ class _Handler(BaseHTTPRequestHandler):
             return 404, f"model '{name}' not found"
         think = body.get("think")
         if kind != "openai" and think not in (None, False):
-            if think not in (True, "low", "medium", "high"):
-                return 400, f'invalid think value: "{think}" (must be "high", "medium", "low", true or false)'
+            if think not in (True, "low", "medium", "high", "max"):
+                return 400, f'invalid think value: "{think}" (must be "high", "medium", "low", "max", true or false)'
             if "thinking" not in caps:
                 return 400, f'"{name}" does not support thinking'
         if "completion" not in caps:

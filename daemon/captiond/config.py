@@ -800,8 +800,8 @@ class _Reader:
         key_default = self.environ.get("OPENAI_API_KEY" if request_format == "openai" else "OLLAMA_API_KEY", "")
         think = mapping.get("Think", "false")
         think_text = str(think).lower() if isinstance(think, bool | str) else "false"
-        if think_text not in ("true", "false", "low", "medium", "high"):
-            self.problem(f"{where}.Think", f"expected true, false, low, medium or high, got {_kind(think)}")
+        if think_text not in ("true", "false", "low", "medium", "high", "max"):  # Ollama's ThinkValue
+            self.problem(f"{where}.Think", f"expected true, false, low, medium, high or max, got {_kind(think)}")
         key = self.string(mapping, "Key", where, key_default)
         return Service(
             uri=uri,

@@ -79,6 +79,8 @@ class EndpointPool:
                 self._condition.notify_all()
 
     def _acquire(self, deadline: float) -> EndpointState:
+        """Return a free slot; wait as long as it takes while an endpoint is healthy (its busy slots end by
+        their requests' deadlines), but only until `deadline` while every endpoint is set aside."""
         with self._condition:
             while True:
                 now = time.monotonic()
@@ -88,13 +90,13 @@ class EndpointPool:
                     state = min(free, key=lambda item: (item.in_flight / item.slots, item.requests / item.slots))
                     state.in_flight += 1
                     return state
-                # Nothing free: wait for a slot, or for the first set-aside endpoint to be probed again.
-                wake = min((state.down_until for state in self.states if state.down_until > now), default=now + 1)
-                if not healthy and wake > deadline:
+                if healthy:  # all busy: a finishing request wakes us
+                    self._condition.wait(timeout=0.5)
+                    continue
+                wake = min(state.down_until for state in self.states)
+                if wake > deadline:
                     raise AllEndpointsDown()
-                self._condition.wait(timeout=max(0.01, min(wake - now, 0.5, deadline - now)))
-                if time.monotonic() > deadline:
-                    raise AllEndpointsDown()
+                self._condition.wait(timeout=max(0.01, min(wake - now, 0.5)))
 
     def failed(self, state: EndpointState, reason: str, set_aside: bool, delay: float | None = None) -> None:
         """Count a failed request; set the endpoint aside (growing delays) when the server itself failed."""

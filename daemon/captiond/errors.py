@@ -13,7 +13,9 @@ raised (``raise OurError(...) from exc``) and never leak.
     ├── ModelSetupError                exit 3: stops the run; the model cannot be used at all
     │   ├── ServerUnreachable          nobody answers at the Uri (after retries)
     │   ├── ModelNotFound              the server does not have the model (`ollama pull` it)
-    │   └── ModelCannotSee             the model has no vision capability, or answers without seeing (self-test)
+    │   ├── ModelCannotSee             no vision capability (no projector loaded), or answers without seeing (self-test)
+    │   ├── ModelCannotThink           Service.Think asks a model that cannot think
+    │   └── ContextTooSmall            the image does not fit into the model's context on that server
     └── FileError                      one file failed; the run goes on.  ``transient``
         ├── ImageError                 cannot be decoded: truncated, corrupt, a bomb, not an image
         ├── MetadataError              exiftool could not read or write this file's metadata
@@ -92,6 +94,14 @@ class ModelNotFound(ModelSetupError):
 
 class ModelCannotSee(ModelSetupError):
     """The model exists but cannot take images, or answers the self-test without seeing its image."""
+
+
+class ModelCannotThink(ModelSetupError):
+    """Thinking was asked of a model that cannot think."""
+
+
+class ContextTooSmall(ModelSetupError):
+    """The server's context is too small for the image and prompt."""
 
 
 class FileError(CaptiondError):

@@ -453,11 +453,11 @@ class Captioner:
         target = metadata.path if embedded else metadata.sidecar
         plan = WritePlan(target, embedded, {} if caption else plan_repaired_copies(metadata, embedded))
         if caption:
-            provenance = Provenance(self.source("caption"), self.runs["caption"].model.model_id,
+            provenance = Provenance(self.source("caption"), self._answering_model("caption"),
                                     cached="caption" in cached)
             plan = plan_caption(metadata, caption, provenance, embedded)
         if keywords is not None:
-            provenance = Provenance(self.source("labels"), self.runs["labels"].model.model_id,
+            provenance = Provenance(self.source("labels"), self._answering_model("labels"),
                                     cached="labels" in cached)
             plan = merge_plans(plan, plan_keywords(metadata, keywords, provenance, embedded))
             if not caption and not embedded and not plan.empty:
@@ -485,6 +485,11 @@ class Captioner:
         problem = containment_problem(originals, path, missing_ok=missing_ok) if originals is not None else None
         if problem is not None:
             raise MetadataError(what + problem)
+
+    def _answering_model(self, kind: str) -> str:
+        """Return the model that answered this thread's request for `kind`, as the server named it."""
+        run = self.runs[kind]
+        return run.client.answering_model() if run.client is not None else run.model.model_id
 
     @property
     def count_reached(self) -> bool:

@@ -475,7 +475,9 @@ class WatchService:
         if not passed:
             return False
         log.info("the model server answers again: resuming")
-        self._model_error, self._model_failures = "", 0
+        # The delays grow on until a photo is done: a setup problem the check cannot see (a context too
+        # small for the image) pauses the daemon again at once, and must not be probed every two seconds.
+        self._model_error = ""
         self.metrics.model_up.set(1)
         return True
 
