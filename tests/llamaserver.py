@@ -5,10 +5,11 @@ Usage::
     with LlamaServer(tmp_path, "-m", "/models/text-chain.gguf", "--mmproj", "/models/mmproj-tiny.gguf") as server:
         ...  # point captiond at f"{server.url}/v1/chat/completions"
 
-The server runs in the chroot setup.sh made, inside its own mount and PID namespaces (`unshare --kill-child`):
-the /proc that router mode needs is mounted only in that namespace, and killing the process group ends the
-server, its router children and the mount at once, so nothing is left behind. Each server gets a free port
-(bound to port 0 first, then handed over; a lost race is retried on another port).
+The server runs in the chroot setup.sh made, in a PID namespace of its own (`unshare --pid --kill-child`), so
+killing the process group ends the server and anything it started. No file system is mounted: router mode
+(`--models-dir`) lists its models and refuses unknown ones without /proc, which it needs only to start a
+model's own server process; these tests never ask it to. Each server gets a free port (bound to port 0 first,
+then handed over; a lost race is retried on another port).
 """
 
 from __future__ import annotations
@@ -92,9 +93,8 @@ class LlamaServer:
         raise AssertionError(f"llama-server did not start; its log:\n{self.log()}")
 
     def _spawn(self) -> None:
-        command = ["unshare", "--mount", "--pid", "--fork", "--kill-child", f"--mount-proc={ROOT}/proc",
-                   "chroot", str(ROOT), "llama-server", "--host", "127.0.0.1", "--port", str(self.port),
-                   "-t", "1", *self.arguments]
+        command = ["unshare", "--pid", "--fork", "--kill-child", "chroot", str(ROOT), "llama-server",
+                   "--host", "127.0.0.1", "--port", str(self.port), "-t", "1", *self.arguments]
         if self.api_key:
             command += ["--api-key", self.api_key]
         if os.geteuid() != 0:
@@ -126,7 +126,7 @@ class LlamaServer:
             return None
 
     def kill(self) -> None:
-        """Kill the server at once (SIGKILL to its process group: the namespace and its mount go with it)."""
+        """Kill the server at once (SIGKILL to its process group; its PID namespace ends with it)."""
         if self.process is None:
             return
         if self.process.poll() is None:
