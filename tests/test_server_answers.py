@@ -394,3 +394,23 @@ def test_think_is_sent_only_to_a_model_that_can_think(emulator: OllamaEmulator, 
         client.describe(JPEG, "Caption?", "")
         body = emulator.generation_requests()[-1].body
         assert body is not None and body.get("think") == expected, (model, body.get("think") if body else None)
+
+
+@pytest.mark.parametrize(("configured", "served", "found"), [
+    ("qwen2.5vl", "qwen2.5vl:latest", True), ("qwen2.5vl:latest", "qwen2.5vl", True),
+    ("qwen2.5vl:3b", "qwen2.5vl:3b", True), ("qwen2.5vl:3b", "qwen2.5vl:7b", False),
+    ("org/model", "org/model", True), ("other", "qwen2.5vl:3b", False)])
+def test_a_listed_model_is_found_with_or_without_its_latest_tag(raw_server: Callable[[Respond], RawServer],
+                                                                connect: Connect, configured: str, served: str,
+                                                                found: bool) -> None:
+    def models(request: Request, connection: socket.socket) -> None:
+        listed = {"data": [{"id": served}, {"id": "another:1b"}]}
+        _send(connection, 200 if request.path == "/v1/models" else 404, json.dumps(listed).encode())
+
+    server = raw_server(models)
+    outcome = returns(connect(server.url + "/v1/chat/completions", model=configured).check)
+
+    if found:
+        assert outcome is None
+    else:
+        assert isinstance(outcome, errors.ModelNotFound) and "it has: " in str(outcome), outcome

@@ -336,17 +336,18 @@ class ModelClient:
 
     def _listed_model(self, listed: list[dict[str, Any]], router: bool, endpoint: Endpoint) -> dict[str, Any] | None:
         """Return the /v1/models entry of our model; raise ModelNotFound when a server that picks models lacks it."""
-        wanted = self.model.model_id
+        wanted = _with_tag(self.model.model_id)
         for entry in listed:
             aliases = entry.get("aliases")
-            if wanted == entry.get("id") or (isinstance(aliases, list) and wanted in aliases):
+            names = [entry.get("id"), *(aliases if isinstance(aliases, list) else [])]
+            if wanted in (_with_tag(str(name)) for name in names):
                 return entry
         if len(listed) == 1 and not router:
             return listed[0]  # a single-model server (llama-server, vLLM with one model) answers with its model
         if listed:
-            names = ", ".join(str(entry.get("id")) for entry in listed[:10])
-            raise ModelNotFound(f"model {wanted} not found on {endpoint.redacted_uri()} (it has: {names}): "
-                                "set Model to one of them")
+            served = ", ".join(str(entry.get("id")) for entry in listed[:10])
+            raise ModelNotFound(f"model {self.model.model_id} not found on {endpoint.redacted_uri()} "
+                                f"(it has: {served}): set Model to one of them")
         return None
 
     def _check_props(self, endpoint: Endpoint) -> None:
@@ -620,6 +621,11 @@ def _models_url(endpoint: Endpoint) -> str:
     if uri.endswith("/chat/completions"):
         return uri[: -len("/chat/completions")] + "/models"
     return f"{endpoint.base_url()}/v1/models"
+
+
+def _with_tag(name: str) -> str:
+    """Return an Ollama-style model name with its tag (`qwen2.5vl` is `qwen2.5vl:latest` there)."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 def _base(uri: str) -> str:
