@@ -72,6 +72,7 @@ class LlamaServer:
         self.api_key = api_key
         self.wait = wait
         self.log_path = log_folder / f"llama-server-{id(self)}.log"
+        self.pid_path = log_folder / f"llama-server-{id(self)}.pid"
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -98,7 +99,9 @@ class LlamaServer:
         if self.api_key:
             command += ["--api-key", self.api_key]
         if os.geteuid() != 0:
-            command = ["sudo", "-n", *command]
+            # Through sudo: the shell writes the pid that `exec unshare` keeps, so kill() can reach it.
+            self.pid_path.unlink(missing_ok=True)
+            command = ["sudo", "-n", "sh", "-c", 'echo $$ > "$0"; exec "$@"', str(self.pid_path), *command]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True)
@@ -130,11 +133,13 @@ class LlamaServer:
         if self.process is None:
             return
         if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                if os.geteuid() == 0:
+            if os.geteuid() == 0:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
-                else:  # sudo relays SIGTERM; unshare --kill-child then kills the server
-                    os.killpg(self.process.pid, signal.SIGTERM)
+            else:  # unshare runs as root under sudo: kill it there (--kill-child takes the server along)
+                pid = self.pid_path.read_text().strip() if self.pid_path.exists() else ""
+                if pid.isdigit():
+                    subprocess.run(["sudo", "-n", "kill", "-KILL", pid], capture_output=True, check=False)
         self.process.wait(timeout=60)
         self.process = None
         # Nothing answers on the port any more before kill() returns.
