@@ -6,7 +6,8 @@ Usage::
         ...  # point captiond at f"{server.url}/v1/chat/completions"
 
 The server runs in the chroot setup.sh made, in a PID namespace of its own (`unshare --pid --kill-child`), so
-killing the process group ends the server and anything it started. No file system is mounted: router mode
+killing the process group ends the server and anything it started; `unshare` also dies with the test process
+(`setpriv --pdeathsig`), so a killed test run leaves no server behind. No file system is mounted: router mode
 (`--models-dir`) lists its models and refuses unknown ones without /proc, which it needs only to start a
 model's own server process; these tests never ask it to. Each server gets a free port (bound to port 0 first,
 then handed over; a lost race is retried on another port).
@@ -94,8 +95,10 @@ class LlamaServer:
         raise AssertionError(f"llama-server did not start; its log:\n{self.log()}")
 
     def _spawn(self) -> None:
-        command = ["unshare", "--pid", "--fork", "--kill-child", "chroot", str(ROOT), "llama-server",
-                   "--host", "127.0.0.1", "--port", str(self.port), "-t", "1", *self.arguments]
+        # setpriv: unshare dies with the test process, even a SIGKILLed one, and takes the server along.
+        command = ["setpriv", "--pdeathsig", "KILL", "unshare", "--pid", "--fork", "--kill-child",
+                   "chroot", str(ROOT), "llama-server", "--host", "127.0.0.1", "--port", str(self.port), "-t", "1",
+                   *self.arguments]
         if self.api_key:
             command += ["--api-key", self.api_key]
         if os.geteuid() != 0:
@@ -138,8 +141,9 @@ class LlamaServer:
                     os.killpg(self.process.pid, signal.SIGKILL)
             else:  # unshare runs as root under sudo: kill it there (--kill-child takes the server along)
                 pid = self.pid_path.read_text().strip() if self.pid_path.exists() else ""
-                if pid.isdigit():
-                    subprocess.run(["sudo", "-n", "kill", "-KILL", pid], capture_output=True, check=False)
+                if pid.isdigit():  # the shell's own kill: a minimal Debian has no /bin/kill
+                    subprocess.run(["sudo", "-n", "sh", "-c", 'kill -KILL "$0"', pid], capture_output=True,
+                                   check=False)
         self.process.wait(timeout=60)
         self.process = None
         # Nothing answers on the port any more before kill() returns.
