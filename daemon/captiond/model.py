@@ -458,7 +458,7 @@ class ModelClient:
             if self.responses:
                 document = _json_object(b"".join(chunks))
                 if document.get("error"):
-                    raise _stream_error(_error_message(json.dumps(document).encode()))
+                    raise _ServerSaid(_error_message(json.dumps(document).encode()))
                 return Answer(*parse_responses(document))
             return _parse_single(b"".join(chunks), self.openai)
         except _ServerSaid as said:
