@@ -25,7 +25,7 @@ from llamaserver import (
 )
 from test_watch import Daemon, start_daemon, wait_for
 
-PHOTOS = ("Canon_PowerShot_S40.jpg", "Nikon_COOLPIX_P1.jpg", "Konica_Minolta_DiMAGE_Z3.jpg")
+PHOTOS = ("Canon_PowerShot_S40.jpg", "Nikon_COOLPIX_P1.jpg", "Olympus_boilerplate.jpg")
 RUN_SECONDS = 600.0
 WATCH_SECONDS = 180.0
 __all__ = ["start_daemon"]  # the daemon fixture of test_watch, used here too
@@ -46,8 +46,9 @@ def openai_config(folder: Path, server: LlamaServer, *, model: str = "text-chain
              "Service": {"Uri": f"{server.url}/v1/chat/completions", "Stream": stream, **(service or {})}}
     document = {
         "Models": [{"Type": kind, **entry} for kind in models],
-        # SelfTest off: the tiny test model says the same sentence whatever it is shown.
-        "Daemon": {"StateDir": str(folder / "state"), "Timeout": 120, "SelfTest": False,
+        # SelfTest off: the tiny test model says the same sentence whatever it is shown. CacheSize 0: copies of one
+        # photo must reach the server (the result cache would answer them).
+        "Daemon": {"StateDir": str(folder / "state"), "Timeout": 120, "SelfTest": False, "CacheSize": 0,
                    "Retry": {"Attempts": 3, "Delay": 0.1, "MaxDelay": 1, "Total": 60}, **(daemon or {})},
     }
     path = folder / "vision.yml"
