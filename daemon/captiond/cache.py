@@ -66,10 +66,8 @@ class ResultCache:
     def __init__(self, state: StateStore, limit: int) -> None:
         self.state = state
         self.limit = limit
-        self.hits = 0
-        self.misses = 0
         self._broken = False
-        self._counter_lock = threading.Lock()
+        self._in_flight_lock = threading.Lock()
         self._in_flight: dict[str, tuple[threading.Lock, int]] = {}
         try:
             with state.transaction() as connection:
@@ -82,14 +80,14 @@ class ResultCache:
     @contextmanager
     def exclusive(self, key: str) -> Iterator[None]:
         """Hold a key while its answer is looked up or asked for: a copy in flight waits for the first answer."""
-        with self._counter_lock:
+        with self._in_flight_lock:
             lock, users = self._in_flight.get(key, (threading.Lock(), 0))
             self._in_flight[key] = (lock, users + 1)
         try:
             with lock:
                 yield
         finally:
-            with self._counter_lock:
+            with self._in_flight_lock:
                 lock, users = self._in_flight[key]
                 if users == 1:
                     del self._in_flight[key]
@@ -113,11 +111,8 @@ class ResultCache:
         except StateError as error:
             self._disable(error)
             return None
-        with self._counter_lock:
-            if row is None:
-                self.misses += 1
-                return None
-            self.hits += 1
+        if row is None:
+            return None
         return CachedResult(str(row[0]), _decode_labels(row[1]))
 
     def put(self, key: str, result: CachedResult, model_id: str) -> None:

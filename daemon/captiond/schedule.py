@@ -72,13 +72,6 @@ class Schedule:
         shown = opens.strftime("%H:%M") if opens - now < datetime.timedelta(hours=24) else opens.strftime("%a %H:%M")
         return f"paused until {shown}"
 
-    def seconds_until_open(self, now: datetime.datetime) -> float:
-        """Return seconds until the next window opens (0 while open)."""
-        if self.is_open(now):
-            return 0.0
-        opens = self.next_open(now)
-        return 86400.0 if opens is None else max(0.0, (opens - now).total_seconds())
-
     def _occurrences(self, now: datetime.datetime, days_back: int,
                      days_ahead: int) -> list[tuple[datetime.datetime, datetime.datetime]]:
         found = []
