@@ -478,8 +478,8 @@ def memory(settings: Settings, folders: Folders) -> BenchmarkResult:
 
 def prepare_times(settings: Settings, folders: Folders) -> BenchmarkResult:
     """B6: captiond's own functions, in this process: a 12 MP HEIC, a RAW with a 12 MP preview, a 12 MP JPEG."""
+    from captiond.exiftool_process import Exiftool
     from captiond.imaging import best_preview, prepare_bytes, prepare_file
-    from captiond.metadata import Exiftool
 
     result = BenchmarkResult("B6", "preparing HEIC and RAW")
     heic, heic_built = heic_photo(folders.inputs / "heic-12mp", TWELVE_MEGAPIXELS)

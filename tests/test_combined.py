@@ -12,7 +12,7 @@ from captiond.cli import model_runs
 from captiond.combined import parse_combined
 from captiond.config import load_config
 from captiond.errors import AnswerError
-from captiond.metadata import Exiftool
+from captiond.exiftool_process import Exiftool
 from captiond.pipeline import CAPTIONED, Captioner, RunOptions
 from conftest import add_fixture, read_tags, run_captiond, write_config
 from emulator import OllamaEmulator

@@ -18,8 +18,8 @@ import pytest
 
 from captiond.cli import _clients, model_runs
 from captiond.config import load_config
+from captiond.exiftool_process import Exiftool
 from captiond.health import SystemdNotifier
-from captiond.metadata import Exiftool
 from captiond.pipeline import Captioner, RunOptions
 from captiond.service import WatchService
 from captiond.state import PENDING, StateStore

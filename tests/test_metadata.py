@@ -1,4 +1,4 @@
-"""metadata.py with the real exiftool on copies of real files: reading, planning and atomic writing."""
+"""Reading, planning and atomic writing (metadata, plans, exiftool_process, atomic) with the real exiftool on copies."""
 
 from __future__ import annotations
 
@@ -10,18 +10,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from captiond.atomic import remove_stale_temporaries
 from captiond.errors import MetadataError
-from captiond.metadata import (
-    Exiftool,
-    Provenance,
-    current_caption,
-    merge_plans,
-    plan_caption,
-    plan_keywords,
-    remove_stale_temporaries,
-    sidecar_path,
-    truncate_bytes,
-)
+from captiond.exiftool_process import Exiftool
+from captiond.metadata import Provenance, current_caption, truncate_bytes
+from captiond.plans import merge_plans, plan_caption, plan_keywords
+from captiond.sidecars import sidecar_path
 from captiond.sources import caption_hash
 from conftest import add_fixture, file_hash, read_tags
 

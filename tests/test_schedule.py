@@ -17,7 +17,7 @@ import pytest
 from captiond.cli import model_runs
 from captiond.config import load_config
 from captiond.errors import ConfigError
-from captiond.metadata import Exiftool
+from captiond.exiftool_process import Exiftool
 from captiond.pipeline import Captioner, RunOptions
 from captiond.schedule import QuietHours, Schedule, parse_schedule
 from captiond.service import WatchService

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from captiond.metadata import Exiftool, current_caption, other_sidecars, owns_base_sidecar, sidecar_path
+from captiond.exiftool_process import Exiftool
+from captiond.metadata import current_caption
+from captiond.sidecars import other_sidecars, owns_base_sidecar, sidecar_path
 from captiond.sources import current_source
 from conftest import Result, add_fixture, read_tags, run_captiond, write_config
 from emulator import OllamaEmulator

@@ -37,9 +37,9 @@ from .config import Config, ModelConfig, find_config_file, load_config
 from .degradation import FIX
 from .endpoints import EndpointPool
 from .errors import CaptiondError, ConfigError, ModelSetupError, UsageError
+from .exiftool_process import Exiftool
 from .ignore import IgnoreRules
 from .library import parse_filter, printable, scan
-from .metadata import Exiftool
 from .model import ModelClient
 from .pipeline import (
     CAPTIONED,

@@ -1,7 +1,7 @@
 """Open any supported image, orient it, downscale it and encode the small JPEG sent to the model.
 
 The JPEG carries no metadata at all: no GPS position, camera serial or file name leaves the machine.
-RAW files are not decoded here: metadata.py extracts their embedded previews, `best_preview` picks
+RAW files are not decoded here: exiftool_process.py extracts their embedded previews, `best_preview` picks
 the one with the most pixels, which is prepared together with the RAW file's orientation.
 """
 

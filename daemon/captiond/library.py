@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import TEMPORARY_PREFIX, remove_stale_temporaries
 from .errors import UsageError
 from .ignore import IGNORE_FILE, STORAGE_FILE, IgnoreRules
 from .imaging import SUPPORTED_EXTENSIONS
-from .metadata import TEMPORARY_PREFIX, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from .captions import clean_caption
 from .combined import COMBINED_SCHEMA, combined_prompt, parse_combined
 from .config import Config, ModelConfig
 from .errors import AnswerError, ChangedMeanwhile, FileError, MetadataError, ModelSetupError
+from .exiftool_process import Exiftool
 from .imaging import PreparedImage, best_preview, is_raw, prepare_bytes, prepare_file
 from .labels import (
     LABEL_SYSTEM,
@@ -37,24 +38,10 @@ from .labels import (
     select_labels,
 )
 from .library import containment_problem, printable
-from .metadata import (
-    Exiftool,
-    FileMetadata,
-    Fingerprint,
-    Provenance,
-    WritePlan,
-    current_caption,
-    current_labels,
-    fingerprint,
-    merge_plans,
-    plan_caption,
-    plan_carried_caption,
-    plan_keywords,
-    plan_repaired_copies,
-    unchanged,
-    writes_embedded,
-)
+from .metadata import FileMetadata, Provenance, WritePlan, current_caption, current_labels, writes_embedded
 from .model import ModelClient
+from .plans import merge_plans, plan_caption, plan_carried_caption, plan_keywords, plan_repaired_copies
+from .sidecars import Fingerprint, fingerprint, unchanged
 from .sources import Decision, decide, decide_labels, resolve_source
 
 log = logging.getLogger(__name__)

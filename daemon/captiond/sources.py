@@ -1,6 +1,6 @@
 """PhotoPrism's source priorities and the pure decision "caption this file or not, and why".
 
-No I/O here: metadata.py reads what a file holds into a CurrentCaption, this module decides.
+No I/O here: metadata.py turns what a file holds into a CurrentCaption, this module decides.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ _BINARY_PREFIXES = ("string with binary data", "(Binary data")
 
 @dataclass(frozen=True)
 class CurrentCaption:
-    """What a file (and its sidecar) holds now, as read by metadata.py."""
+    """What a file (and its sidecar) holds now, as read by exiftool_process.py."""
 
     text: str = ""
     location: str = "sidecar"  # "sidecar" or "embedded": where `text` was found
