@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from captiond.state import FileState, StateStore
 from emulator import OllamaEmulator
 
 TESTS = Path(__file__).parent
@@ -107,3 +110,14 @@ def read_tags(path: Path, *tags: str) -> dict[str, str]:
                              str(path)], capture_output=True, text=True, check=False).stdout
     record = json.loads(output)[0] if output.strip() else {}
     return {key: str(value) for key, value in record.items() if key != "SourceFile"}
+
+
+def stored_row(state: StateStore, path: Path) -> FileState | None:
+    """Return a file's row as the state database holds it (read here: captiond itself never asks for one row)."""
+    with contextlib.closing(sqlite3.connect(f"file:{state.path}?mode=ro", uri=True, timeout=10)) as connection:
+        row = connection.execute("SELECT size, mtime_ns, state, attempts, crashes, last_error, next_try, updated, "
+                                 "changed FROM files WHERE path=?", (os.fsencode(path),)).fetchone()
+    if row is None:
+        return None
+    size, mtime_ns, row_state, attempts, crashes, last_error, next_try, updated, changed = row
+    return FileState(path, size, mtime_ns, row_state, attempts, crashes, last_error, next_try, updated, bool(changed))

@@ -15,7 +15,7 @@ import yaml
 from captiond import admin
 from captiond.errors import StateError
 from captiond.state import DONE, FAILED, PENDING, QUARANTINED, Stat, StateStore
-from conftest import MODEL, add_fixture, run_captiond, write_config
+from conftest import MODEL, add_fixture, run_captiond, stored_row, write_config
 from emulator import OllamaEmulator, Status
 from test_watch import Daemon, sidecar_caption, wait_for
 
@@ -50,7 +50,7 @@ def rows(state_dir: Path) -> dict[str, tuple[str, int, str]]:
     try:
         return {path.name: (row.state, row.attempts, row.last_error)
                 for path in (Path(os.fsdecode(key)) for key in state.known_stats())
-                if (row := state.lookup(path)) is not None}
+                if (row := stored_row(state, path)) is not None}
     except StateError as error:
         if "no such table" in str(error):
             return {}  # the daemon has created the file, not yet its schema

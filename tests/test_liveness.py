@@ -23,7 +23,7 @@ from captiond.health import SystemdNotifier
 from captiond.pipeline import Captioner, RunOptions
 from captiond.service import WatchService
 from captiond.state import PENDING, StateStore
-from conftest import add_fixture, write_config
+from conftest import add_fixture, stored_row, write_config
 from emulator import BUSY, Hang, OllamaEmulator
 from test_watch import Daemon, wait_for
 
@@ -103,13 +103,13 @@ def test_a_file_in_a_long_retry_backoff_does_not_stop_the_watchdog(tmp_path: Pat
     running = run_service(config, originals)
 
     def waiting() -> bool:
-        row = running.state.lookup(photo)
+        row = stored_row(running.state, photo)
         return row is not None and row.state == PENDING and row.attempts == 1 and row.next_try > time.time() + 600
 
     deadline = time.monotonic() + 60
     while not waiting() and time.monotonic() < deadline:
         running.receive(time.monotonic() + 0.2)
-    assert waiting(), running.state.lookup(photo)
+    assert waiting(), stored_row(running.state, photo)
     backoff_began = time.monotonic()
     # Many times the stall interval later the daemon still pings, and says it is alive.
     assert running.receive_until("WATCHDOG=1", timeout=30)
@@ -143,10 +143,10 @@ def test_a_stuck_queue_stops_the_watchdog_and_an_abandoned_request_costs_no_atte
     # SIGTERM's path: the hanging request is abandoned; the photo stays queued with no attempt and no reason.
     running.service.request_stop()
     deadline = time.monotonic() + 30
-    row = running.state.lookup(photo)
+    row = stored_row(running.state, photo)
     while (row is None or row.state != PENDING) and time.monotonic() < deadline:
         time.sleep(0.05)
-        row = running.state.lookup(photo)
+        row = stored_row(running.state, photo)
     assert row is not None and row.state == PENDING
     assert row.attempts == 0 and row.last_error == ""
 
@@ -166,7 +166,7 @@ def test_sigterm_leaves_a_request_the_server_never_answers_queued_without_an_att
             daemon.kill()
     state = StateStore(tmp_path / "state", readonly=True)
     try:
-        row = state.lookup(photo)
+        row = stored_row(state, photo)
     finally:
         state.close()
     assert row is not None and (row.state, row.attempts, row.last_error) == (PENDING, 0, ""), daemon.log()

@@ -9,6 +9,7 @@ import pytest
 
 from captiond.errors import StateError
 from captiond.state import DONE, FAILED, PENDING, RUNNING, Stat, StateStore
+from conftest import stored_row
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_transient_failure_waits_and_counts_attempts(store: StateStore, tmp_path
     # A rescan of the unchanged file does not reset the waiting row.
     store.retry_later(photo, "HTTP 503: busy", delay=60)
     assert store.enqueue([(photo, Stat(1, 1), 0)]) == 0
-    assert store.lookup(photo).attempts == 2  # type: ignore[union-attr]
+    assert stored_row(store, photo).attempts == 2  # type: ignore[union-attr]
 
 
 def test_permanent_failure_is_kept_until_the_file_changes(store: StateStore, tmp_path: Path) -> None:

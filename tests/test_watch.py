@@ -88,7 +88,7 @@ def test_observer_reports_new_files_and_folders_but_not_temporary_names(tmp_path
     seen: list[str] = []
     folders: list[str] = []
     observer = start_observer(tmp_path, "inotify", lambda path: seen.append(path.name),
-                              lambda path: folders.append(path.name), lambda path: None)
+                              lambda path: folders.append(path.name))
     try:
         (tmp_path / ".IMG_1.jpg.Xy12Ab").write_bytes(b"partial")  # rsync
         (tmp_path / "IMG_2.jpg.part").write_bytes(b"partial")  # browsers, Nextcloud

@@ -290,7 +290,7 @@ def command_run(arguments: argparse.Namespace) -> int:
 
                 def record(outcome: Outcome) -> None:
                     summary.add(outcome)
-                    progress.advance(outcome)
+                    progress.advance()
                     if outcome.written:
                         apps.written(outcome.path, outcome.created_sidecar)
                 try:

@@ -54,6 +54,7 @@ DEFAULT_LABELS_PROMPT = "Analyze the image and return label objects with name, c
 DEFAULT_PROMPTS = MappingProxyType({"caption": DEFAULT_CAPTION_PROMPT, "labels": DEFAULT_LABELS_PROMPT})
 DEFAULT_TEMPERATURE = 0.1
 DEFAULT_NUM_PREDICT = 256
+DEFAULT_LABELS_TOP_P = 0.9  # a labels model's top_p unless its Options say otherwise
 
 # PhotoPrism's ModelOptions: YAML key -> Ollama option name (internal/ai/vision/model_options.go).
 OPTION_NAMES: Mapping[str, str] = MappingProxyType(
@@ -223,7 +224,7 @@ class Thresholds:
 
     confidence: int = 20
     topicality: int = 0
-    nsfw: int = 75
+    nsfw: int = 75  # checked and kept for PhotoPrism, which runs the nsfw model; captiond does not use it
 
 
 @dataclass(frozen=True)
@@ -371,9 +372,9 @@ def parse_config(document: Any, environ: Mapping[str, str], path: Path | None) -
         # No labels model captiond can run: ask the caption model for labels (PhotoPrism's built-in labels
         # model is TensorFlow, which captiond does not run).
         caption = next(model for model in reversed(models) if model.type == "caption" and not model.disabled)
+        options = MappingProxyType({**caption.options, "top_p": DEFAULT_LABELS_TOP_P})
         models = (*models, dataclasses.replace(caption, index=len(models), type="labels",
-                                               prompt=DEFAULT_LABELS_PROMPT, system="", implied=True,
-                                               options=MappingProxyType({**caption.options, "top_p": 0.9})))
+                                               prompt=DEFAULT_LABELS_PROMPT, system="", implied=True, options=options))
     return Config(models, thresholds, daemon, path, tuple(reader.warnings))
 
 
@@ -897,7 +898,7 @@ class _Reader:
         mapping = self.mapping(value, where)
         options: dict[str, Any] = {"temperature": DEFAULT_TEMPERATURE, "num_predict": DEFAULT_NUM_PREDICT}
         if model_type == "labels":
-            options["top_p"] = 0.9
+            options["top_p"] = DEFAULT_LABELS_TOP_P
         for key in mapping:
             option_value = self.value(mapping, key, where)
             if key in PHOTOPRISM_ONLY_OPTIONS:

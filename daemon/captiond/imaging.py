@@ -23,9 +23,8 @@ try:
     import pillow_heif
 
     pillow_heif.register_heif_opener()
-    HEIF_SUPPORTED = True
 except ImportError:  # pragma: no cover - pillow-heif is a dependency, but stay usable without it
-    HEIF_SUPPORTED = False
+    pass
 
 RASTER_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".gif", ".heic",
                                ".heif", ".hif", ".avif", ".bmp"})

@@ -18,7 +18,6 @@ LABEL_SYSTEM = ("You are a PhotoPrism vision model. Output concise JSON that mat
                 "MUST be a single-word noun in its canonical singular form. Avoid spaces, punctuation, emoji, or "
                 "descriptive phrases.")
 LABEL_SYSTEM_PHRASE = "You are a PhotoPrism vision model. Output concise JSON that matches the schema."
-LABEL_PROMPT = "Analyze the image and return label objects with name, confidence (0-1), and topicality (0-1)."
 LABELS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -40,7 +39,6 @@ SCHEMA_INSTRUCTIONS = ('Return JSON that matches this schema:\n{"labels":[{"name
 MAX_LABELS = 20
 MAX_LABEL_LENGTH = 100  # characters: a label is a word or a short phrase; longer "labels" are dropped
 MAX_JSON_STARTS = 64  # where a JSON document may start in an answer: enough for prose around it, and bounded
-IPTC_KEYWORD_BYTES = 64
 
 
 @dataclass(frozen=True)

@@ -126,8 +126,7 @@ class _ServerSaid(Exception):
 class ModelClient:
     """Talks to the server(s) of one model; thread-safe, one connection pool, requests spread over endpoints."""
 
-    def __init__(self, model: ModelConfig, daemon: DaemonConfig,
-                 on_answer: Callable[[str, float], None] | None = None, pool: EndpointPool | None = None) -> None:
+    def __init__(self, model: ModelConfig, daemon: DaemonConfig, pool: EndpointPool | None = None) -> None:
         self.model = model
         self.retry = daemon.retry
         self.deadline = daemon.timeout
@@ -135,7 +134,8 @@ class ModelClient:
         # Models on the same servers share one pool, so together they never exceed the servers' slots.
         self.pool = pool or EndpointPool(model.service.all_endpoints(), daemon.parallel, daemon.retry.delay,
                                          daemon.retry.max_delay)
-        self.on_answer = on_answer
+        # Called with the endpoint's name and each answer's seconds (the daemon's metrics).
+        self.on_answer: Callable[[str, float], None] | None = None
         # Called with the endpoint's name and each answer (health.py keeps throughput from its figures).
         self.on_figures: Callable[[str, Answer], None] | None = None
         # Ollama's keep_alive for the next request (None: the server's default), e.g. "1h" while work waits.

@@ -587,7 +587,6 @@ def _timed(stages: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def run_pipeline(captioner: Captioner, paths: Iterable[Path], on_outcome: Callable[[Outcome], None],
-                 stop: threading.Event | None = None,
                  gate: Callable[[threading.Event], bool] | None = None) -> None:
     """Process paths with a bounded number of files in flight; raise ModelSetupError if the model goes away.
 
@@ -595,7 +594,7 @@ def run_pipeline(captioner: Captioner, paths: Iterable[Path], on_outcome: Callab
     workers than the server's parallel slots, and never more than twice that many files queued.
     `gate(stop)` is called before each file and may block (quiet hours); False: stopped, skip the file.
     """
-    stop = stop or threading.Event()
+    stop = threading.Event()
     workers = captioner.capacity + 2
     failure: list[ModelSetupError] = []
 

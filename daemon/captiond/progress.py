@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
-
-if TYPE_CHECKING:
-    from .pipeline import Outcome
 
 
 class Progress:
@@ -57,7 +53,7 @@ class Progress:
         """Return whether the bar is on the terminal (then per-file lines are left to -v)."""
         return self._bar is not None
 
-    def advance(self, outcome: Outcome) -> None:
+    def advance(self) -> None:
         """Count one finished file."""
         if self._bar is not None:
             task = self._bar.tasks[0]

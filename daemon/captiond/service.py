@@ -135,7 +135,7 @@ class WatchService:
         overflow = OverflowListener(self.request_rescan)
         overflow.attach()
         observer = start_observer(self.originals, self._watcher_kind(), self._on_file, self._on_directory,
-                                  self._on_file, poll_interval=self.config.daemon.poll_interval)
+                                  poll_interval=self.config.daemon.poll_interval)
         self._observer_alive = observer.is_alive
         producers = [threading.Thread(target=self._rescan_loop, name="captiond-rescan", daemon=True),
                      threading.Thread(target=self._event_loop, name="captiond-events", daemon=True)]

@@ -174,11 +174,6 @@ class StateStore:
         with self.transaction() as connection:
             return connection.execute("UPDATE files SET state=? WHERE state=?", (PENDING, RUNNING)).rowcount
 
-    def lookup(self, path: Path) -> FileState | None:
-        """Return a file's row, or None."""
-        rows = self._query("SELECT * FROM files WHERE path=?", (os.fsencode(path),))
-        return _row(rows[0]) if rows else None
-
     def known_stats(self) -> dict[bytes, tuple[int, int, str]]:
         """Return {path: (size, mtime_ns, state)} of every row, for a rescan."""
         return {bytes(path): (size, mtime, state)

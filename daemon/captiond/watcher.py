@@ -35,14 +35,12 @@ INOTIFY_LIMIT_FILES = (Path("/proc/sys/fs/inotify/max_user_watches"), Path("/pro
 
 
 class _Handler(FileSystemEventHandler):
-    """Forwards the events that matter: a photo appeared or changed, a folder arrived, a photo went away."""
+    """Forwards the events that matter: a photo appeared, changed or went away, a folder arrived."""
 
-    def __init__(self, originals: Path, on_file: Callable[[Path], None], on_directory: Callable[[Path], None],
-                 on_deleted: Callable[[Path], None]) -> None:
+    def __init__(self, originals: Path, on_file: Callable[[Path], None], on_directory: Callable[[Path], None]) -> None:
         self.originals = originals
-        self.file_appeared = on_file
+        self.file_changed = on_file
         self.directory_appeared = on_directory
-        self.file_vanished = on_deleted
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if isinstance(event, DirCreatedEvent | DirMovedEvent):
@@ -68,21 +66,20 @@ class _Handler(FileSystemEventHandler):
         if path.name == IGNORE_FILE and self._inside(path.parent):
             self.directory_appeared(path.parent)  # its rules changed: look at that folder again
         elif is_candidate(path.name) and self._inside(raw):
-            self.file_appeared(path)
+            self.file_changed(path)
 
     def _deleted(self, raw: bytes | str) -> None:
         path = Path(os.fsdecode(raw))
         if path.name == IGNORE_FILE and self._inside(path.parent):
             self.directory_appeared(path.parent)
         elif is_candidate(path.name):
-            self.file_vanished(path)
+            self.file_changed(path)
 
 
 def start_observer(originals: Path, kind: str, on_file: Callable[[Path], None],
-                   on_directory: Callable[[Path], None], on_deleted: Callable[[Path], None],
-                   poll_interval: float = 30.0) -> BaseObserver:
+                   on_directory: Callable[[Path], None], poll_interval: float = 30.0) -> BaseObserver:
     """Start watching the originals recursively (inotify, or polling for network shares); return the observer."""
-    handler = _Handler(originals, on_file, on_directory, on_deleted)
+    handler = _Handler(originals, on_file, on_directory)
     if kind != "polling":
         from watchdog.observers import Observer
 
