@@ -14,7 +14,7 @@ import yaml
 
 from captiond import admin
 from captiond.errors import StateError
-from captiond.state import DONE, FAILED, PENDING, QUARANTINED, Stat, StateStore
+from captiond.state import RowState, Stat, StateStore
 from conftest import MODEL, add_fixture, run_captiond, stored_row, write_config
 from emulator import OllamaEmulator, Status
 from test_watch import Daemon, sidecar_caption, wait_for
@@ -65,7 +65,8 @@ def test_retry_requeues_a_failed_photo_and_the_running_daemon_captions_it(
     emulator.enqueue(Status(400, "the server refused this image"))
     config = write_config(tmp_path, emulator.url, daemon={"Settle": SETTLE})
     daemon = start_daemon(config, originals)
-    assert wait_for(lambda: rows(tmp_path / "state").get(photo.name, ("",))[0] == FAILED, timeout=30), daemon.log()
+    assert wait_for(lambda: rows(tmp_path / "state").get(photo.name, ("",))[0] == RowState.FAILED,
+                    timeout=30), daemon.log()
 
     status = run_captiond("status", "--config", config)
     assert status.exit_code == 0, status.stderr
@@ -75,7 +76,7 @@ def test_retry_requeues_a_failed_photo_and_the_running_daemon_captions_it(
     assert retry.exit_code == 0, retry.stderr
     assert "queued again: 1 files (1 failed" in retry.stdout
     assert wait_for(lambda: bool(sidecar_caption(photo)), timeout=30), daemon.log()
-    assert rows(tmp_path / "state")[photo.name][0] == DONE
+    assert rows(tmp_path / "state")[photo.name][0] == RowState.DONE
     assert daemon.stop() == 0
 
 
@@ -91,11 +92,11 @@ def test_retry_takes_failed_quarantined_and_waiting_rows_that_match_the_filter(t
     try:
         state.enqueue([(path, Stat.of(path), 0.0) for path in paths])  # type: ignore[misc]
         state.claim(10)
-        state.finish(paths[0], FAILED, Stat.of(paths[0]), "the folder is read-only")
-        state.finish(paths[1], QUARANTINED, Stat.of(paths[1]), "crashed the model server twice", crashed=True)
+        state.finish(paths[0], RowState.FAILED, Stat.of(paths[0]), "the folder is read-only")
+        state.finish(paths[1], RowState.QUARANTINED, Stat.of(paths[1]), "crashed the model server twice", crashed=True)
         state.retry_later(paths[2], "server busy", delay=900)
-        state.finish(paths[3], FAILED, Stat.of(paths[3]), "the folder is read-only")
-        state.finish(paths[4], DONE, Stat.of(paths[4]))
+        state.finish(paths[3], RowState.FAILED, Stat.of(paths[3]), "the folder is read-only")
+        state.finish(paths[4], RowState.DONE, Stat.of(paths[4]))
     finally:
         state.close()
 
@@ -103,8 +104,8 @@ def test_retry_takes_failed_quarantined_and_waiting_rows_that_match_the_filter(t
     assert retry.exit_code == 0, retry.stderr
     assert "queued again: 3 files (1 failed, 1 quarantined, 1 waiting for a retry)" in retry.stdout
     after = rows(tmp_path / "state")
-    assert after["a.jpg"] == after["b.jpg"] == after["c.jpg"] == (PENDING, 0, "")
-    assert after["d.jpg"][0] == FAILED and after["e.jpg"][0] == DONE
+    assert after["a.jpg"] == after["b.jpg"] == after["c.jpg"] == (RowState.PENDING, 0, "")
+    assert after["d.jpg"][0] == RowState.FAILED and after["e.jpg"][0] == RowState.DONE
     assert run_captiond("retry", "--config", config, "name:d.jpg").stdout.startswith("queued again: 1 files")
 
 
@@ -139,7 +140,7 @@ def test_retry_as_root_acts_as_the_owner_of_the_database(tmp_path: Path, emulato
         state = StateStore(home / "state")
         state.enqueue([(photo, Stat.of(photo), 0.0)])  # type: ignore[list-item]
         state.claim(1)
-        state.finish(photo, FAILED, Stat.of(photo), "the folder is read-only")
+        state.finish(photo, RowState.FAILED, Stat.of(photo), "the folder is read-only")
         state.close()
         for path in [home / "state", *(home / "state").iterdir()]:
             os.chown(path, 1500, 1500)

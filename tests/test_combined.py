@@ -13,7 +13,7 @@ from captiond.combined import parse_combined
 from captiond.config import load_config
 from captiond.errors import AnswerError
 from captiond.exiftool_process import Exiftool
-from captiond.pipeline import CAPTIONED, Captioner, RunOptions
+from captiond.pipeline import Captioner, RunOptions, Status
 from conftest import add_fixture, read_tags, run_captiond, write_config
 from emulator import OllamaEmulator
 
@@ -131,11 +131,11 @@ def test_a_model_that_fails_the_combined_answer_twice_is_asked_in_two_requests(
         with Exiftool() as exiftool:
             captioner = Captioner(config, runs, exiftool, RunOptions())
             outcome = captioner.process(first)
-            assert outcome.status == CAPTIONED, outcome.reason
+            assert outcome.status == Status.CAPTIONED, outcome.reason
             assert kinds(emulator) == ["combined", "combined", "caption", "labels"]
             assert outcome.caption == "A fair at night, asked alone." and outcome.keywords == ("Ferris", "Sky")
 
-            assert captioner.process(second).status == CAPTIONED
+            assert captioner.process(second).status == Status.CAPTIONED
             assert kinds(emulator)[4:] == ["caption", "labels"]  # no third combined attempt
     finally:
         for run in runs.values():

@@ -22,7 +22,7 @@ from captiond.exiftool_process import Exiftool
 from captiond.health import SystemdNotifier
 from captiond.pipeline import Captioner, RunOptions
 from captiond.service import WatchService
-from captiond.state import PENDING, StateStore
+from captiond.state import RowState, StateStore
 from conftest import add_fixture, stored_row, write_config
 from emulator import BUSY, Hang, OllamaEmulator
 from test_watch import Daemon, wait_for
@@ -104,7 +104,8 @@ def test_a_file_in_a_long_retry_backoff_does_not_stop_the_watchdog(tmp_path: Pat
 
     def waiting() -> bool:
         row = stored_row(running.state, photo)
-        return row is not None and row.state == PENDING and row.attempts == 1 and row.next_try > time.time() + 600
+        return (row is not None and row.state == RowState.PENDING and row.attempts == 1
+                and row.next_try > time.time() + 600)
 
     deadline = time.monotonic() + 60
     while not waiting() and time.monotonic() < deadline:
@@ -144,10 +145,10 @@ def test_a_stuck_queue_stops_the_watchdog_and_an_abandoned_request_costs_no_atte
     running.service.request_stop()
     deadline = time.monotonic() + 30
     row = stored_row(running.state, photo)
-    while (row is None or row.state != PENDING) and time.monotonic() < deadline:
+    while (row is None or row.state != RowState.PENDING) and time.monotonic() < deadline:
         time.sleep(0.05)
         row = stored_row(running.state, photo)
-    assert row is not None and row.state == PENDING
+    assert row is not None and row.state == RowState.PENDING
     assert row.attempts == 0 and row.last_error == ""
 
 
@@ -169,5 +170,5 @@ def test_sigterm_leaves_a_request_the_server_never_answers_queued_without_an_att
         row = stored_row(state, photo)
     finally:
         state.close()
-    assert row is not None and (row.state, row.attempts, row.last_error) == (PENDING, 0, ""), daemon.log()
+    assert row is not None and (row.state, row.attempts, row.last_error) == (RowState.PENDING, 0, ""), daemon.log()
     assert "Bad file descriptor" not in daemon.log()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from captiond.errors import StateError
-from captiond.state import DONE, FAILED, PENDING, RUNNING, Stat, StateStore
+from captiond.state import RowState, Stat, StateStore
 from conftest import stored_row
 
 
@@ -22,17 +22,17 @@ def test_new_file_is_queued_once_and_unchanged_file_stays_done(store: StateStore
     assert store.enqueue([(photo, Stat(10, 1), 0)]) == 1
     assert store.enqueue([(photo, Stat(10, 1), 0)]) == 0
     [row] = store.claim(10)
-    assert row.path == photo and row.state == RUNNING
-    store.finish(photo, DONE, Stat(10, 1), "captioned")
+    assert row.path == photo and row.state == RowState.RUNNING
+    store.finish(photo, RowState.DONE, Stat(10, 1), "captioned")
     assert store.enqueue([(photo, Stat(10, 1), 0)]) == 0
-    assert store.counts()[DONE] == 1
+    assert store.counts()[RowState.DONE] == 1
 
 
 def test_changed_file_is_queued_again_and_marked_changed(store: StateStore, tmp_path: Path) -> None:
     photo = tmp_path / "a.jpg"
     store.enqueue([(photo, Stat(10, 1), 0)])
     store.claim(1)
-    store.finish(photo, DONE, Stat(10, 1))
+    store.finish(photo, RowState.DONE, Stat(10, 1))
     assert store.enqueue([(photo, Stat(12, 2), 0)]) == 1
     [row] = store.claim(1)
     assert row.changed and (row.size, row.mtime_ns) == (12, 2)
@@ -43,7 +43,7 @@ def test_crash_recovery_puts_running_rows_back(store: StateStore, tmp_path: Path
     store.claim(2)
     reopened = StateStore(tmp_path / "state")
     assert reopened.recover() == 2
-    assert reopened.counts()[PENDING] == 2
+    assert reopened.counts()[RowState.PENDING] == 2
 
 
 def test_transient_failure_waits_and_counts_attempts(store: StateStore, tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_transient_failure_waits_and_counts_attempts(store: StateStore, tmp_path
     store.enqueue([(photo, Stat(1, 1), 0)])
     store.claim(1)
     row = store.retry_later(photo, "HTTP 503: busy", delay=60)
-    assert row is not None and row.state == PENDING and row.attempts == 1 and row.last_error == "HTTP 503: busy"
+    assert row is not None and (row.state, row.attempts, row.last_error) == (RowState.PENDING, 1, "HTTP 503: busy")
     assert store.claim(1) == []
     assert [row.path for row in store.claim(1, now=time.time() + 61)] == [photo]
     # A rescan of the unchanged file does not reset the waiting row.
@@ -64,7 +64,7 @@ def test_permanent_failure_is_kept_until_the_file_changes(store: StateStore, tmp
     photo = tmp_path / "broken.jpg"
     store.enqueue([(photo, Stat(5, 5), 0)])
     store.claim(1)
-    store.finish(photo, FAILED, Stat(5, 5), "corrupt or truncated image")
+    store.finish(photo, RowState.FAILED, Stat(5, 5), "corrupt or truncated image")
     assert store.enqueue([(photo, Stat(5, 5), 0)]) == 0
     assert [row.last_error for row in store.recent_failures()] == ["corrupt or truncated image"]
     assert store.enqueue([(photo, Stat(6, 6), 0)]) == 1
@@ -79,9 +79,9 @@ def test_any_file_name_round_trips(store: StateStore, tmp_path: Path) -> None:
 def test_readers_see_the_queue_while_the_daemon_writes(store: StateStore, tmp_path: Path) -> None:
     store.enqueue([(tmp_path / "a.jpg", Stat(1, 1), 0)])
     reader = StateStore(tmp_path / "state", readonly=True)
-    assert reader.counts()[PENDING] == 1
+    assert reader.counts()[RowState.PENDING] == 1
     store.claim(1)
-    assert reader.counts()[RUNNING] == 1
+    assert reader.counts()[RowState.RUNNING] == 1
 
 
 def test_unusable_state_directory_is_a_clear_error(tmp_path: Path) -> None:

@@ -41,25 +41,14 @@ from .exiftool_process import Exiftool
 from .ignore import IgnoreRules
 from .library import parse_filter, printable, scan
 from .model import ModelClient
-from .pipeline import (
-    CAPTIONED,
-    FAILED,
-    SKIPPED,
-    WOULD_CAPTION,
-    Captioner,
-    ModelRun,
-    Outcome,
-    RunOptions,
-    describe_outcome,
-    run_pipeline,
-)
+from .pipeline import Captioner, ModelRun, Outcome, RunOptions, Status, describe_outcome, run_pipeline
 from .progress import Progress
 from .redaction import RedactingFilter, redact, redact_process_output
 from .schedule import QuietHours
 from .selftest import check_sight
 from .service import RUNTIME_FILE, WatchService, keep_alive_for
 from .sources import SOURCES, WRITABLE_SOURCES
-from .state import StateStore
+from .state import RowState, StateStore
 
 log = logging.getLogger("captiond")
 
@@ -275,7 +264,7 @@ def command_run(arguments: argparse.Namespace) -> int:
             captioner = Captioner(config, runs, exiftool, options, cache)
             unlisted: list[Outcome] = []
             paths = list(scan(originals, terms, lambda folder, reason: unlisted.append(
-                Outcome(folder, FAILED, reason)), IgnoreRules(originals, config.daemon.exclude)))
+                Outcome(folder, Status.FAILED, reason)), IgnoreRules(originals, config.daemon.exclude)))
             if terms and not paths:
                 log.warning("no photos under %s match %s", originals, " ".join(arguments.filters))
             summary = Summary(originals, labels="labels" in runs, total=len(paths) + len(unlisted))
@@ -387,7 +376,7 @@ class Summary:
     def __init__(self, originals: Path, labels: bool = False, total: int | None = None) -> None:
         self.originals = originals
         self.started = time.monotonic()
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[Status] = Counter()
         self.skipped: Counter[str] = Counter()
         self.failures: list[Outcome] = []
         self.stage_seconds: Counter[str] = Counter()
@@ -401,7 +390,7 @@ class Summary:
     @property
     def failed(self) -> int:
         """Return how many files failed."""
-        return self.counts[FAILED]
+        return self.counts[Status.FAILED]
 
     def add(self, outcome: Outcome) -> None:
         """Count one outcome and log it."""
@@ -409,14 +398,14 @@ class Summary:
         self.from_cache += outcome.cached
         self.stage_seconds.update(outcome.stages)
         name = self._relative(outcome.path)
-        if outcome.status == CAPTIONED:
+        if outcome.status == Status.CAPTIONED:
             self.captions += bool(outcome.caption)
             if outcome.keywords is not None and self.labelled is not None:
                 self.labelled += 1
             log.log(self.file_level, "%s", describe_outcome(name, outcome))
-        elif outcome.status == WOULD_CAPTION:
+        elif outcome.status == Status.WOULD_CAPTION:
             log.log(self.file_level, "would caption %s (%s)", name, outcome.reason)
-        elif outcome.status == SKIPPED:
+        elif outcome.status == Status.SKIPPED:
             self.skipped[outcome.reason] += 1
             log.debug("skipped %s: %s", name, outcome.reason)
         else:
@@ -428,8 +417,8 @@ class Summary:
         """Print the summary: captioned, skipped and why, failed and why."""
         seconds = time.monotonic() - self.started
         labelled = "" if self.labelled is None else f", labelled {self.labelled}"
-        lines = [f"captioned {self.captions}{labelled}, skipped {self.counts[SKIPPED]}, failed {self.failed}"
-                 + (f", would caption {self.counts[WOULD_CAPTION]}" if self.counts[WOULD_CAPTION] else "")
+        lines = [f"captioned {self.captions}{labelled}, skipped {self.counts[Status.SKIPPED]}, failed {self.failed}"
+                 + (f", would caption {self.counts[Status.WOULD_CAPTION]}" if self.counts[Status.WOULD_CAPTION] else "")
                  + f" in {seconds:.1f}s"]
         if self.from_cache:
             lines.append(f"  from the result cache {self.from_cache} (the same image was asked before: no model call)")
@@ -449,11 +438,11 @@ class Summary:
 
     def as_dict(self) -> dict[str, object]:
         """Return the summary as data: counts, reasons, failures, seconds and mean ms per stage."""
-        captioned = self.counts[CAPTIONED]
+        captioned = self.counts[Status.CAPTIONED]
         return {
-            "captioned": self.captions, "skipped": self.counts[SKIPPED], "failed": self.failed,
+            "captioned": self.captions, "skipped": self.counts[Status.SKIPPED], "failed": self.failed,
             "from_cache": self.from_cache,
-            "would_caption": self.counts[WOULD_CAPTION],
+            "would_caption": self.counts[Status.WOULD_CAPTION],
             "not_processed": max(0, (self.total or 0) - sum(self.counts.values())),
             "seconds": round(time.monotonic() - self.started, 3),
             "skipped_reasons": dict(self.skipped),
@@ -587,7 +576,8 @@ def command_status(arguments: argparse.Namespace) -> int:
     schedule = QuietHours(config.daemon.schedule).paused_until() if config.daemon.schedule else ""
     runtime = _runtime(database.parent / RUNTIME_FILE)
     report = {
-        "database": str(database), "daemon": settings, "counts": counts, "queue": counts["pending"] + counts["running"],
+        "database": str(database), "daemon": settings, "counts": counts,
+        "queue": counts[RowState.PENDING] + counts[RowState.RUNNING],
         "schedule": (schedule or "open") if config.daemon.schedule else None, "running": runtime,
         "next_due_in_seconds": None if next_due is None else max(0.0, round(next_due - time.time(), 1)),
         "model": reachable, "apps": _apps(config),
@@ -612,7 +602,7 @@ def command_status(arguments: argparse.Namespace) -> int:
     if failures:
         print("latest failures (`captiond retry` queues them again):")
         for row in failures:
-            retry = f", attempt {row.attempts}, will retry" if row.state == "pending" else ""
+            retry = f", attempt {row.attempts}, will retry" if row.state == RowState.PENDING else ""
             print(f"  {row.state:<11} {_shown(row.path, originals)}: {redact(row.last_error)}{retry}")
     return EXIT_OK
 
@@ -643,9 +633,9 @@ def command_retry(arguments: argparse.Namespace) -> int:
     finally:
         state.close()
     total = sum(requeued.values())
-    print(f"queued again: {total} files ({requeued['failed']} failed, {requeued['quarantined']} quarantined, "
-          f"{requeued['pending']} waiting for a retry)" + ("; a running daemon takes them up within seconds"
-                                                            if total else ""))
+    print(f"queued again: {total} files ({requeued[RowState.FAILED]} failed, "
+          f"{requeued[RowState.QUARANTINED]} quarantined, {requeued[RowState.PENDING]} waiting for a retry)"
+          + ("; a running daemon takes them up within seconds" if total else ""))
     return EXIT_OK
 
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from .cache import CachedResult, ResultCache, cache_key
@@ -46,8 +47,16 @@ from .sources import Decision, decide, decide_labels, resolve_source
 
 log = logging.getLogger(__name__)
 
-CAPTIONED, SKIPPED, FAILED, WOULD_CAPTION = "captioned", "skipped", "failed", "would caption"
 MAX_CHANGES = 3  # times a photo or its sidecar may change under one processing before it is tried again later
+
+
+class Status(StrEnum):
+    """What became of one file."""
+
+    CAPTIONED = "captioned"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    WOULD_CAPTION = "would caption"  # a dry run
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ class Outcome:
     """What happened to one file."""
 
     path: Path
-    status: str
+    status: Status
     reason: str = ""
     caption: str = ""
     keywords: tuple[str, ...] | None = None  # None: no labels asked
@@ -98,7 +107,7 @@ class Outcome:
     @property
     def written(self) -> bool:
         """Return whether a caption or keywords were written (also when the labels failed after the caption)."""
-        return self.status == CAPTIONED or (self.status == FAILED and bool(self.caption))
+        return self.status == Status.CAPTIONED or (self.status == Status.FAILED and bool(self.caption))
 
 
 @dataclass
@@ -142,15 +151,15 @@ class Captioner:
             if not todo:
                 repaired = self.repair(metadata, embedded)
                 reasons = [decision.reason for decision in decisions.values()] + ([repaired] if repaired else [])
-                return Outcome(path, SKIPPED, "; ".join(reasons))
+                return Outcome(path, Status.SKIPPED, "; ".join(reasons))
             reason = "; ".join(decisions[kind].reason for kind in todo)
             if not replaced and not self._claim():
-                return Outcome(path, SKIPPED, "--count reached")
+                return Outcome(path, Status.SKIPPED, "--count reached")
             check_writable(metadata, embedded)  # before the model is asked: its answer could not be kept
             resolution = max(self.runs[kind].model.resolution for kind in todo)
             image = self.prepare(metadata, resolution)
             if self.options.dry_run:
-                return Outcome(path, WOULD_CAPTION, reason)
+                return Outcome(path, Status.WOULD_CAPTION, reason)
             stages["decode"] = image.decode_seconds
             stages["encode"] = image.encode_seconds
             with _timed(stages, "request"):
@@ -168,13 +177,13 @@ class Captioner:
                 log.info("%s was replaced while the model answered: asking about the new photo", self._name(path))
                 return self.process(path, photo_changed, replaced + 1)
             if written.skipped:
-                return Outcome(path, SKIPPED, written.skipped, wrote_original=written.into_photo, stages=stages)
+                return Outcome(path, Status.SKIPPED, written.skipped, wrote_original=written.into_photo, stages=stages)
             caption, keywords = written.caption, written.keywords
             created_sidecar = not embedded and not metadata.sidecar_exists
             if labels_error is not None:  # the caption is written; the labels failed
                 return dataclasses.replace(_failure(path, labels_error, "labels: ", caption),
                                            created_sidecar=created_sidecar)
-            return Outcome(path, CAPTIONED, reason, caption, None if keywords is None else tuple(keywords),
+            return Outcome(path, Status.CAPTIONED, reason, caption, None if keywords is None else tuple(keywords),
                            wrote_original=written.into_photo, stages=stages, created_sidecar=created_sidecar,
                            cached=bool(answers.cached))
         except FileError as error:
@@ -567,7 +576,7 @@ def _failure(path: Path, error: FileError, prefix: str = "", caption: str = "") 
     """Return a failed outcome whose reason is one printable line (it may quote names, answers, exiftool)."""
     error.for_file(str(path))
     reason = printable(" ".join((prefix + error.reason).splitlines()))
-    return Outcome(path, FAILED, reason, caption, transient=error.transient,
+    return Outcome(path, Status.FAILED, reason, caption, transient=error.transient,
                    crashed=bool(getattr(error, "crashed", False)))
 
 
@@ -603,7 +612,7 @@ def run_pipeline(captioner: Captioner, paths: Iterable[Path], on_outcome: Callab
             return
         try:
             outcome = captioner.process(path)
-            if not (stop.is_set() and outcome.status == FAILED and outcome.transient):  # abandoned when stopping
+            if not (stop.is_set() and outcome.status == Status.FAILED and outcome.transient):  # abandoned when stopping
                 on_outcome(outcome)
         except ModelSetupError as error:
             failure.append(error)

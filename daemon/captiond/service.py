@@ -32,12 +32,11 @@ from .health import HealthServer, Metrics, SystemdNotifier
 from .ignore import IgnoreRules
 from .library import containment_problem, printable, scan_entries
 from .model import Answer, ModelClient
-from .pipeline import CAPTIONED, FAILED, Captioner, Outcome, describe_outcome
+from .pipeline import Captioner, Outcome, Status, describe_outcome
 from .sandbox import blocked_address_hint
 from .schedule import QuietHours
 from .selftest import check_sight
-from .state import DONE, QUARANTINED, FileState, Stat, StateStore
-from .state import FAILED as STATE_FAILED
+from .state import FileState, RowState, Stat, StateStore
 from .statuspage import Caption, PageData, render
 from .watcher import OverflowListener, inotify_watch_limit, start_observer
 
@@ -368,7 +367,7 @@ class WatchService:
             reason = f"unexpected error: {_one_line(error)}"
             log.error("%s: %s; will try again later", self._relative(row.path), reason)
             try:
-                self._record(row, Outcome(row.path, FAILED, reason, transient=True, unexpected=True),
+                self._record(row, Outcome(row.path, Status.FAILED, reason, transient=True, unexpected=True),
                              Stat.of(row.path) or Stat(row.size, row.mtime_ns))
             except Exception as second:  # noqa: BLE001 - the row stays running: recovered at the next start
                 log.error("%s: cannot record the failure either: %s", self._relative(row.path), _one_line(second))
@@ -393,7 +392,7 @@ class WatchService:
             self.state.retry_later(path, str(error), delay=0, count_attempt=False)
             self.model_unavailable(error)
             return
-        if self.stop.is_set() and outcome.status == FAILED and outcome.transient:
+        if self.stop.is_set() and outcome.status == Status.FAILED and outcome.transient:
             # The request was abandoned at shutdown (its connection closed under it): that costs no attempt
             # and leaves the reason it had; run() puts the row back in the queue unchanged.
             log.debug("abandoned %s at shutdown: %s", self._relative(path), outcome.reason)
@@ -404,15 +403,15 @@ class WatchService:
         self._moved()
         self._model_failures, self._model_error = 0, ""
         self.metrics.files.labels(outcome.status).inc()
-        if outcome.status != FAILED or not outcome.transient:
+        if outcome.status != Status.FAILED or not outcome.transient:
             self.metrics.model_up.set(1)
         name = self._relative(row.path)
         if outcome.written:
             self.apps.written(row.path, outcome.created_sidecar)
-        if outcome.status != FAILED:
+        if outcome.status != Status.FAILED:
             final_stat = Stat.of(row.path) if outcome.wrote_original else stat
-            self.state.finish(row.path, DONE, final_stat, outcome.reason)
-            if outcome.status == CAPTIONED:
+            self.state.finish(row.path, RowState.DONE, final_stat, outcome.reason)
+            if outcome.status == Status.CAPTIONED:
                 log.info("%s", describe_outcome(name, outcome))
                 self._finished.append(time.monotonic())
                 if outcome.caption:
@@ -420,16 +419,16 @@ class WatchService:
                                                       self.captioner.source("caption"), time.time()))
             return
         if not outcome.transient:
-            self.state.finish(row.path, STATE_FAILED, stat, outcome.reason)
+            self.state.finish(row.path, RowState.FAILED, stat, outcome.reason)
             log.error("failed %s: %s", name, outcome.reason)
             return
         if outcome.unexpected and row.attempts + 1 >= UNEXPECTED_BEFORE_QUARANTINE:
-            self.state.finish(row.path, QUARANTINED, stat, f"failed {UNEXPECTED_BEFORE_QUARANTINE} times: "
+            self.state.finish(row.path, RowState.QUARANTINED, stat, f"failed {UNEXPECTED_BEFORE_QUARANTINE} times: "
                               f"{outcome.reason}")
             log.error("quarantined %s: %s", name, outcome.reason)
             return
         if outcome.crashed and row.crashes + 1 >= CRASHES_BEFORE_QUARANTINE:
-            self.state.finish(row.path, QUARANTINED, stat, f"crashed the model server twice: {outcome.reason}",
+            self.state.finish(row.path, RowState.QUARANTINED, stat, f"crashed the model server twice: {outcome.reason}",
                               crashed=True)
             log.error("quarantined %s: it crashed the model server twice (%s)", name, outcome.reason)
             return
@@ -552,7 +551,7 @@ class WatchService:
         if self.config.daemon.keep_alive != "auto":
             return self.config.daemon.keep_alive
         counts = self.state.counts()
-        return keep_alive_for("auto", counts["pending"] + counts["running"] > 1)
+        return keep_alive_for("auto", counts[RowState.PENDING] + counts[RowState.RUNNING] > 1)
 
     def _self_test_passes(self) -> bool:
         """Whether captioning may go on: the self-test (at start, after an outage, every SelfTestInterval) passed.
@@ -608,7 +607,7 @@ class WatchService:
             return
         self._last_notify = now
         counts = self.state.counts()
-        self.metrics.queue.set(counts["pending"] + counts["running"])
+        self.metrics.queue.set(counts[RowState.PENDING] + counts[RowState.RUNNING])
         self._write_runtime()
         if self.notifier.watchdog_interval is None and not self.notifier.address:
             return
@@ -624,7 +623,7 @@ class WatchService:
                   else self._status_line(counts))
         self.notifier.send(f"WATCHDOG=1\nSTATUS={status}" if self.notifier.watchdog_interval else f"STATUS={status}")
 
-    def liveness(self, counts: dict[str, int] | None = None) -> str:
+    def liveness(self, counts: dict[RowState, int] | None = None) -> str:
         """Return why the daemon is not alive, or "" when it is.
 
         Alive: the filesystem observer and the producer threads live, the event loop turns, and when any
@@ -645,7 +644,7 @@ class WatchService:
             return ""
         counts = counts or self.state.counts()
         next_due = self.state.next_due()
-        busy = counts["running"] > 0 or (next_due is not None and next_due <= time.time())
+        busy = counts[RowState.RUNNING] > 0 or (next_due is not None and next_due <= time.time())
         if not busy:
             self._last_progress = now  # the stall clock starts when work becomes due
             return ""
@@ -659,7 +658,7 @@ class WatchService:
     def status_page(self) -> bytes:
         """Return the HTML status page (counts, ETA, endpoints, quiet hours, latest captions and failures)."""
         counts = self.state.counts()
-        queued = counts["pending"] + counts["running"]
+        queued = counts[RowState.PENDING] + counts[RowState.RUNNING]
         speeds = {str(item["endpoint"]): item for item in self.monitor.figures()}
         pools = {id(client.pool): client for client in self.clients}.values()
         endpoints = [{**figures, **speeds.get(str(figures["endpoint"]), {})}
@@ -694,12 +693,11 @@ class WatchService:
         except OSError as exc:
             log.debug("cannot write %s: %s", path, exc)
 
-    def _status_line(self, counts: dict[str, int] | None = None) -> str:
+    def _status_line(self, counts: dict[RowState, int] | None = None) -> str:
         counts = counts or self.state.counts()
         paused = f"{self._paused}; " if self._paused else ""
-        return (f"{paused}{counts['done']} done, {counts['pending'] + counts['running']} queued, "
-                f"{counts['failed']} failed, "
-                f"{counts['quarantined']} quarantined")
+        return (f"{paused}{counts[RowState.DONE]} done, {counts[RowState.PENDING] + counts[RowState.RUNNING]} queued, "
+                f"{counts[RowState.FAILED]} failed, {counts[RowState.QUARANTINED]} quarantined")
 
     def _start_health_server(self) -> HealthServer | None:
         if not self.config.daemon.listen:

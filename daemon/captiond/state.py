@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,18 @@ from .redaction import redact
 
 log = logging.getLogger(__name__)
 
-PENDING, RUNNING, DONE, FAILED, QUARANTINED = "pending", "running", "done", "failed", "quarantined"
-STATES = (PENDING, RUNNING, DONE, FAILED, QUARANTINED)
+
+
+class RowState(StrEnum):
+    """Where a file is in the daemon's queue; the value is what the database holds."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    QUARANTINED = "quarantined"
+
+
 DATABASE_NAME = "captiond.db"
 
 _SCHEMA = """
@@ -61,7 +72,7 @@ class FileState:
     path: Path
     size: int
     mtime_ns: int
-    state: str
+    state: RowState
     attempts: int = 0
     crashes: int = 0
     last_error: str = ""
@@ -172,7 +183,8 @@ class StateStore:
     def recover(self) -> int:
         """Put rows left `running` by a crash back to pending; return how many."""
         with self.transaction() as connection:
-            return connection.execute("UPDATE files SET state=? WHERE state=?", (PENDING, RUNNING)).rowcount
+            return connection.execute("UPDATE files SET state=? WHERE state=?",
+                                      (RowState.PENDING, RowState.RUNNING)).rowcount
 
     def known_stats(self) -> dict[bytes, tuple[int, int, str]]:
         """Return {path: (size, mtime_ns, state)} of every row, for a rescan."""
@@ -193,15 +205,15 @@ class StateStore:
                 key = os.fsencode(path)
                 row = connection.execute("SELECT size, mtime_ns, state, changed FROM files WHERE path=?",
                                          (key,)).fetchone()
-                if row is not None and ((row[0], row[1]) == (stat.size, stat.mtime_ns) or row[2] == RUNNING):
+                if row is not None and ((row[0], row[1]) == (stat.size, stat.mtime_ns) or row[2] == RowState.RUNNING):
                     continue
-                changed = row is not None and (row[2] == DONE or row[3])
+                changed = row is not None and (row[2] == RowState.DONE or row[3])
                 connection.execute(
                     "INSERT INTO files (path, size, mtime_ns, state, attempts, crashes, last_error, next_try, updated,"
                     " changed) VALUES (?, ?, ?, ?, 0, 0, '', ?, ?, ?) ON CONFLICT(path) DO UPDATE SET"
                     " size=excluded.size, mtime_ns=excluded.mtime_ns, state=excluded.state, attempts=0, crashes=0,"
                     " last_error='', next_try=excluded.next_try, updated=excluded.updated, changed=excluded.changed",
-                    (key, stat.size, stat.mtime_ns, PENDING, not_before, now, int(changed)))
+                    (key, stat.size, stat.mtime_ns, RowState.PENDING, not_before, now, int(changed)))
                 queued += 1
         return queued
 
@@ -217,18 +229,18 @@ class StateStore:
         now = time.time() if now is None else now
         with self.transaction() as connection:
             rows = connection.execute("SELECT * FROM files WHERE state=? AND next_try<=? ORDER BY next_try, path "
-                                      "LIMIT ?", (PENDING, now, limit)).fetchall()
+                                      "LIMIT ?", (RowState.PENDING, now, limit)).fetchall()
             connection.executemany("UPDATE files SET state=?, updated=? WHERE path=?",
-                                   [(RUNNING, now, row[0]) for row in rows])
-        return [dataclasses.replace(_row(row), state=RUNNING) for row in rows]
+                                   [(RowState.RUNNING, now, row[0]) for row in rows])
+        return [dataclasses.replace(_row(row), state=RowState.RUNNING) for row in rows]
 
     def next_due(self) -> float | None:
         """Return when the next pending row is due, or None when nothing is pending."""
-        rows = self._query("SELECT MIN(next_try) FROM files WHERE state=?", (PENDING,))
+        rows = self._query("SELECT MIN(next_try) FROM files WHERE state=?", (RowState.PENDING,))
         value = rows[0][0] if rows else None
         return float(value) if isinstance(value, int | float) else None
 
-    def finish(self, path: Path, state: str, stat: Stat | None, reason: str = "", crashed: bool = False) -> None:
+    def finish(self, path: Path, state: RowState, stat: Stat | None, reason: str = "", crashed: bool = False) -> None:
         """Record a finished file (done, failed, quarantined) with the stat it had when finished."""
         with self.transaction() as connection:
             if stat is None:
@@ -245,8 +257,8 @@ class StateStore:
         with self.transaction() as connection:
             connection.execute("UPDATE files SET state=?, attempts=attempts+?, crashes=crashes+?, last_error=?,"
                                " next_try=?, updated=? WHERE path=?",
-                               (PENDING, int(count_attempt), int(crashed), redact(reason), time.time() + delay,
-                                time.time(), os.fsencode(path)))
+                               (RowState.PENDING, int(count_attempt), int(crashed), redact(reason),
+                                time.time() + delay, time.time(), os.fsencode(path)))
             row = connection.execute("SELECT * FROM files WHERE path=?", (os.fsencode(path),)).fetchone()
         return _row(row) if row else None
 
@@ -254,24 +266,25 @@ class StateStore:
         """Put a file that is still changing back in the queue with its new stat."""
         with self.transaction() as connection:
             connection.execute("UPDATE files SET state=?, size=?, mtime_ns=?, next_try=?, updated=? WHERE path=?",
-                               (PENDING, stat.size, stat.mtime_ns, time.time() + delay, time.time(),
+                               (RowState.PENDING, stat.size, stat.mtime_ns, time.time() + delay, time.time(),
                                 os.fsencode(path)))
 
-    def requeue(self, selected: Callable[[Path], bool], now: float | None = None) -> dict[str, int]:
+    def requeue(self, selected: Callable[[Path], bool], now: float | None = None) -> dict[RowState, int]:
         """Queue failed and quarantined files, and files waiting for a retry, to be tried now from zero attempts.
 
         Return how many of each state were requeued (only rows whose path `selected` accepts).
         """
         now = time.time() if now is None else now
-        requeued = dict.fromkeys((FAILED, QUARANTINED, PENDING), 0)
+        requeued = dict.fromkeys((RowState.FAILED, RowState.QUARANTINED, RowState.PENDING), 0)
         with self.transaction() as connection:
             rows = connection.execute("SELECT path, state FROM files WHERE state IN (?, ?) OR (state=? AND "
-                                      "(attempts>0 OR next_try>?))", (FAILED, QUARANTINED, PENDING, now)).fetchall()
+                                      "(attempts>0 OR next_try>?))",
+                                      (RowState.FAILED, RowState.QUARANTINED, RowState.PENDING, now)).fetchall()
             keys = []
             for key, state in rows:
                 if selected(Path(os.fsdecode(bytes(key)))):
-                    keys.append((PENDING, now, now, bytes(key)))
-                    requeued[str(state)] += 1
+                    keys.append((RowState.PENDING, now, now, bytes(key)))
+                    requeued[RowState(state)] += 1
             connection.executemany("UPDATE files SET state=?, attempts=0, crashes=0, last_error='', next_try=?, "
                                    "updated=? WHERE path=?", keys)
         return requeued
@@ -298,21 +311,22 @@ class StateStore:
 
     # -- reports -----------------------------------------------------------------------------
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[RowState, int]:
         """Return the number of rows in each state."""
-        counts = dict.fromkeys(STATES, 0)
+        counts = dict.fromkeys(RowState, 0)
         for state, count in self._query("SELECT state, COUNT(*) FROM files GROUP BY state"):
-            counts[str(state)] = int(count)
+            counts[RowState(state)] = int(count)
         return counts
 
     def recent_failures(self, limit: int = 10) -> list[FileState]:
         """Return the latest failed, quarantined or retrying rows with their reasons."""
         rows = self._query("SELECT * FROM files WHERE state IN (?, ?) OR (state=? AND last_error!='') "
-                           "ORDER BY updated DESC LIMIT ?", (FAILED, QUARANTINED, PENDING, limit))
+                           "ORDER BY updated DESC LIMIT ?",
+                           (RowState.FAILED, RowState.QUARANTINED, RowState.PENDING, limit))
         return [_row(row) for row in rows]
 
 
 def _row(row: Any) -> FileState:
     path, size, mtime, state, attempts, crashes, last_error, next_try, updated, changed = row
-    return FileState(Path(os.fsdecode(bytes(path))), int(size), int(mtime), str(state), int(attempts), int(crashes),
-                     str(last_error), float(next_try), float(updated), bool(changed))
+    return FileState(Path(os.fsdecode(bytes(path))), int(size), int(mtime), RowState(state), int(attempts),
+                     int(crashes), str(last_error), float(next_try), float(updated), bool(changed))

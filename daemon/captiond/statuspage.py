@@ -19,6 +19,7 @@ from . import __version__
 from .errors import CaptiondError
 from .imaging import is_raw, prepare_file
 from .redaction import redact
+from .state import RowState
 
 THUMBNAIL_PIXELS = 160
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; " \
@@ -50,7 +51,7 @@ class Caption:
 class PageData:
     """Everything the page shows, gathered by the daemon."""
 
-    counts: Mapping[str, int]
+    counts: Mapping[RowState, int]
     queued: int
     eta_seconds: float | None
     paused: str
@@ -65,7 +66,7 @@ class PageData:
 
 def render(data: PageData) -> bytes:
     """Return the page as UTF-8 HTML; every text in it is escaped."""
-    done = data.counts.get("done", 0)
+    done = data.counts.get(RowState.DONE, 0)
     total = done + data.queued
     percent = 100.0 * done / total if total else 100.0
     state = (f'<p class="bad">{_e(data.problem)}</p>' if data.problem else
@@ -82,8 +83,8 @@ def render(data: PageData) -> bytes:
         "<h2>Progress</h2>",
         f'<div class="bar" role="progressbar" aria-valuenow="{percent:.0f}" aria-valuemin="0" aria-valuemax="100">'
         f'<span style="width:{percent:.1f}%"></span></div>',
-        f"<p>{done} done, {data.queued} queued, {data.counts.get('failed', 0)} failed, "
-        f"{data.counts.get('quarantined', 0)} quarantined; {_e(_eta(data.eta_seconds, data.queued))}</p>",
+        f"<p>{done} done, {data.queued} queued, {data.counts.get(RowState.FAILED, 0)} failed, "
+        f"{data.counts.get(RowState.QUARANTINED, 0)} quarantined; {_e(_eta(data.eta_seconds, data.queued))}</p>",
     ]
     if data.schedule:
         parts.append(f"<p>Quiet hours: requests only in {_e(data.schedule)}"
