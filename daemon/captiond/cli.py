@@ -36,7 +36,7 @@ from .combined import combinable, combined_model
 from .config import Config, ModelConfig, find_config_file, load_config
 from .degradation import FIX
 from .endpoints import EndpointPool
-from .errors import CaptiondError, ConfigError, ModelSetupError, UsageError
+from .errors import CaptiondError, ConfigError, FileError, Interrupted, ModelSetupError, Terminated, UsageError
 from .exiftool_process import Exiftool
 from .ignore import IgnoreRules
 from .library import parse_filter, printable, scan
@@ -53,13 +53,8 @@ from .state import RowState, StateStore
 log = logging.getLogger("captiond")
 
 RUNTIME_FRESH = 120.0  # seconds: an older runtime.json belongs to a daemon that is gone
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK = 0  # success; every other exit code is an exception class's (errors.py)
 APP_FLUSH_SECONDS = 30.0  # at the end of a run: how long to keep trying to tell PhotoPrism and Immich
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 128 + signal.SIGTERM
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM during `run`: handled like Ctrl-C (nothing new starts, requests abandoned, summary printed)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,10 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except Terminated:
         print("captiond: terminated", file=sys.stderr)
-        return EXIT_TERMINATED
+        return Terminated.exit_code
     except KeyboardInterrupt:
         print("captiond: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return Interrupted.exit_code
     except BrokenPipeError:
         # `captiond ls | head`: the reader left; not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -296,7 +291,7 @@ def command_run(arguments: argparse.Namespace) -> int:
         if state is not None:
             state.close()
         apps.stop(flush_seconds=APP_FLUSH_SECONDS)
-    return EXIT_FAILURES if summary.failed else EXIT_OK
+    return FileError.exit_code if summary.failed else EXIT_OK
 
 
 def _terminate(number: int, frame: object) -> None:

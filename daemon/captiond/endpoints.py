@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .config import Endpoint
+from .errors import AllEndpointsDown
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,6 @@ class EndpointState:
         return {"endpoint": self.name, "parallel": self.slots, "requests": self.requests, "errors": self.errors,
                 "mean_seconds": round(self.seconds / successes, 3) if successes else None,
                 "healthy": self.down_until <= time.monotonic()}
-
-
-class AllEndpointsDown(Exception):
-    """Every endpoint is set aside and none comes back before the deadline."""
 
 
 class EndpointPool:

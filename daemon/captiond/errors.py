@@ -7,7 +7,7 @@ raised (``raise OurError(...) from exc``) and never leak.
     CaptiondError                      exit 1 unless stated
     ├── ConfigError                    exit 2: vision.yml or a flag is wrong (lists every problem)
     ├── UsageError                     exit 2: the command line is wrong
-    ├── ExiftoolError                  exit 2: exiftool is missing or died and cannot be restarted
+    ├── ExiftoolError                  exit 2: exiftool is missing or cannot be started
     ├── StateError                     exit 2: the state database cannot be opened or written
     ├── AppError                       PhotoPrism or Immich refused or did not answer (never stops captioning)
     ├── ModelSetupError                exit 3: stops the run; the model cannot be used at all
@@ -16,16 +16,21 @@ raised (``raise OurError(...) from exc``) and never leak.
     │   ├── ModelCannotSee             no vision capability (no projector loaded), or answers without seeing (self-test)
     │   ├── ModelCannotThink           Service.Think asks a model that cannot think
     │   └── ContextTooSmall            the image does not fit into the model's context on that server
-    └── FileError                      one file failed; the run goes on.  ``transient``
+    └── FileError                      exit 1 at the end of `run`: one file failed; the run goes on.  ``transient``
         ├── ImageError                 cannot be decoded: truncated, corrupt, a bomb, not an image
-        ├── MetadataError              exiftool could not read or write this file's metadata
+        ├── MetadataError              exiftool could not read or write this file's metadata, or died on it
         │   └── ChangedMeanwhile       the photo or a sidecar changed since it was read: read and decide again
         └── ModelError                 the model failed on this image
             ├── TransientModelError    5xx, 429, timeouts, dropped connections, cut streams
+            │   └── AllEndpointsDown   every endpoint is set aside (model.py retries, then reports the server)
             └── AnswerError            4xx, or the answer holds no usable caption
 
+    Interrupted (a KeyboardInterrupt) exit 130: Ctrl-C
+    └── Terminated                     exit 143: SIGTERM, handled like Ctrl-C
+
 ``FileError.transient`` says whether trying the same file again later may work:
-transient failures are retried and never recorded as done.
+transient failures are retried and never recorded as done. Exit code 0 is success; every other
+exit code of the command line is one of these classes' ``exit_code``.
 """
 
 from __future__ import annotations
@@ -154,5 +159,24 @@ class TransientModelError(ModelError):
         self.crashed = crashed  # the model runner died on this image (poison after twice)
 
 
+class AllEndpointsDown(TransientModelError):
+    """Every endpoint is set aside and none comes back before the deadline."""
+
+    def __init__(self) -> None:
+        super().__init__("every endpoint is set aside")
+
+
 class AnswerError(ModelError):
     """The server refused this image (4xx) or answered nothing usable."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C: writes under way finish, nothing new starts, the summary is printed."""
+
+    exit_code = 130  # 128 + SIGINT, as a shell reports it
+
+
+class Terminated(Interrupted):
+    """SIGTERM during `run`: handled like Ctrl-C (nothing new starts, requests abandoned, summary printed)."""
+
+    exit_code = 143  # 128 + SIGTERM

@@ -36,8 +36,9 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from . import transport
 from .config import DaemonConfig, Endpoint, ModelConfig, RetryPolicy
-from .endpoints import AllEndpointsDown, EndpointPool, EndpointState
+from .endpoints import EndpointPool, EndpointState
 from .errors import (
+    AllEndpointsDown,
     AnswerError,
     CaptiondError,
     ContextTooSmall,
