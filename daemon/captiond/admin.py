@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config, Endpoint, ModelConfig
+from .config import API_FORMATS, KNOWN_ENGINES, Config, Endpoint, ModelConfig, one_of
 from .errors import UsageError
 from .pipeline import ModelRun
 from .state import DATABASE_NAME
@@ -69,11 +69,13 @@ def recorded_model(settings: Mapping[str, Any], config: Config, kind: str = "cap
             return None
         base = local if local is not None else ModelConfig(index=0, type=kind)
         service = dataclasses.replace(base.service, uri=endpoints[0].uri, key=key, endpoints=endpoints,
-                                      request_format=str(entry.get("request_format") or base.service.request_format),
-                                      response_format=str(entry.get("response_format")
-                                                          or base.service.response_format))
+                                      request_format=one_of(str(entry.get("request_format")), API_FORMATS)
+                                      or base.service.request_format,
+                                      response_format=one_of(str(entry.get("response_format")), API_FORMATS)
+                                      or base.service.response_format)
         return dataclasses.replace(base, name=str(entry.get("model") or base.model_id), version="",
-                                   engine=str(entry.get("engine") or base.engine), service=service)
+                                   engine=one_of(str(entry.get("engine")), KNOWN_ENGINES) or base.engine,
+                                   service=service)
     return None
 
 

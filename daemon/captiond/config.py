@@ -11,9 +11,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 
@@ -22,16 +23,55 @@ from .errors import ConfigError
 from .redaction import redact, register_secret, register_uri
 from .schedule import Schedule, parse_schedule
 
+# The vocabularies of vision.yml: mypy --strict reports a misspelt value (`write == "embeded"`) as a
+# non-overlapping comparison, and the tuples below are read from the same types.
+# PhotoPrism's engines; captiond runs the remote ones and leaves the others to PhotoPrism.
+Engine = Literal["ollama", "openai", "tensorflow", "onnx", "local", "vision"]
+ApiFormat = Literal["ollama", "openai", "vision"]  # Service.RequestFormat and ResponseFormat
+FileScheme = Literal["base64", "data", "url"]
+RunType = Literal["auto", "never", "manual", "always", "newly-indexed", "on-demand", "on-schedule", "on-index"]
+Detail = Literal["", "auto", "low", "high"]  # Options.Detail; "": not sent
+WriteMode = Literal["sidecar", "embedded"]
+SidecarName = Literal["ext", "base"]
+WatcherKind = Literal["auto", "inotify", "polling"]
+
 MODEL_TYPES = ("caption", "labels", "nsfw", "face", "generate")
 CAPTIOND_TYPES = ("caption", "labels")
-REMOTE_ENGINES = ("ollama", "openai")
-# PhotoPrism's engines; captiond runs the remote ones and leaves the others to PhotoPrism.
-KNOWN_ENGINES = ("ollama", "openai", "tensorflow", "onnx", "local", "vision")
-WRITE_MODES = ("sidecar", "embedded")
-SIDECAR_NAMES = ("ext", "base")
-WATCHERS = ("auto", "inotify", "polling")
+REMOTE_ENGINES: tuple[Engine, ...] = ("ollama", "openai")
+KNOWN_ENGINES: tuple[Engine, ...] = get_args(Engine)
+API_FORMATS: tuple[ApiFormat, ...] = get_args(ApiFormat)
+FILE_SCHEMES: tuple[FileScheme, ...] = get_args(FileScheme)
+WRITE_MODES: tuple[WriteMode, ...] = get_args(WriteMode)
+SIDECAR_NAMES: tuple[SidecarName, ...] = get_args(SidecarName)
+WATCHERS: tuple[WatcherKind, ...] = get_args(WatcherKind)
+_Choice = TypeVar("_Choice", bound=str)
+
+
+class Think(StrEnum):
+    """Service.Think: Ollama's ThinkValue (off, on, or an effort); the value is what vision.yml says."""
+
+    FALSE = "false"
+    TRUE = "true"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    MAX = "max"
+
+    @property
+    def request_value(self) -> bool | str:
+        """Return what Ollama's `think` field takes: true or false, else the effort's name."""
+        if self in (Think.TRUE, Think.FALSE):
+            return self is Think.TRUE
+        return self.value
+
+    @property
+    def effort(self) -> str:
+        """Return the reasoning effort OpenAI's Responses API takes (low, medium, high), or ""."""
+        return self.value if self in (Think.LOW, Think.MEDIUM, Think.HIGH) else ""
+
+
 # PhotoPrism's RunTypes (internal/ai/vision/model_run.go): what a `Run:` value means, aliases included.
-RUN_TYPES: Mapping[str, str] = MappingProxyType(
+RUN_TYPES: Mapping[str, RunType] = MappingProxyType(
     {
         "": "auto", "auto": "auto", "never": "never", "manual": "manual", "manually": "manual", "command": "manual",
         "always": "always", "newly-indexed": "newly-indexed", "on-newly-indexed": "newly-indexed",
@@ -74,7 +114,7 @@ BOOLEAN_OPTIONS = frozenset({"PenalizeNewline", "LowVram", "VocabOnly", "UseMmap
 # Keys PhotoPrism knows that captiond accepts silently but does not use.
 # Options PhotoPrism uses for its own answer handling; captiond accepts them and says it does not use them.
 PHOTOPRISM_ONLY_OPTIONS = frozenset({"ForceJson", "SchemaVersion", "CombineOutputs"})
-DETAILS = ("auto", "low", "high")
+DETAILS: tuple[Detail, ...] = get_args(Detail)
 MODEL_KEYS = frozenset(
     {
         "Type", "Default", "Name", "Model", "Version", "Engine", "Run", "System", "Prompt", "Format",
@@ -133,10 +173,10 @@ class Service:
     uri: str
     method: str = "POST"
     key: str = ""
-    file_scheme: str = "base64"
-    request_format: str = "ollama"
-    response_format: str = "ollama"
-    think: str = "false"
+    file_scheme: FileScheme = "base64"
+    request_format: ApiFormat = "ollama"
+    response_format: ApiFormat = "ollama"
+    think: Think = Think.FALSE
     stream: bool = True
     org: str = ""  # OpenAI-Organization header
     project: str = ""  # OpenAI-Project header
@@ -165,13 +205,13 @@ class ModelConfig:
     type: str
     name: str = DEFAULT_MODEL
     version: str = ""
-    engine: str = "ollama"
-    run: str = "auto"
+    engine: Engine = "ollama"
+    run: RunType = "auto"
     prompt: str = DEFAULT_CAPTION_PROMPT
     system: str = ""
     format: str = ""
     normalize: str = ""
-    detail: str = ""  # Options.Detail: the image detail OpenAI is asked for (auto, low, high)
+    detail: Detail = ""  # Options.Detail: the image detail OpenAI is asked for (auto, low, high)
     resolution: int = 720
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     service: Service = field(default_factory=lambda: Service(uri=f"{DEFAULT_OLLAMA_BASE_URL}/api/generate"))
@@ -256,8 +296,8 @@ class DaemonConfig:
     """captiond's own settings (`Daemon:`), ignored by PhotoPrism."""
 
     originals: Path | None = None
-    write: str = "sidecar"
-    sidecar_name: str = "ext"
+    write: WriteMode = "sidecar"
+    sidecar_name: SidecarName = "ext"
     state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
     parallel: int = 1
     timeout: float = 120.0
@@ -265,7 +305,7 @@ class DaemonConfig:
     max_answer_bytes: int = 1_000_000
     settle: float = 3.0
     rescan: float = 3600.0
-    watcher: str = "auto"
+    watcher: WatcherKind = "auto"
     poll_interval: float = 30.0
     listen: str = ""
     language: str = ""
@@ -563,12 +603,14 @@ class _Reader:
             self.warnings.append(f"{where}.{key}: {note}")
         return text
 
-    def choice(self, mapping: Mapping[str, Any], key: str, where: str, default: str, allowed: tuple[str, ...]) -> str:
+    def choice(self, mapping: Mapping[str, Any], key: str, where: str, default: _Choice,
+               allowed: tuple[_Choice, ...]) -> _Choice:
         text = self.string(mapping, key, where, default).strip().lower()
-        if text not in allowed:
+        chosen = one_of(text, allowed)
+        if chosen is None:
             self.problem(f"{where}.{key}", f"expected one of {', '.join(allowed)}, got {_kind(mapping.get(key))}")
             return default
-        return text
+        return chosen
 
     def value(self, mapping: Mapping[str, Any], key: str, where: str) -> Any:
         """Return a raw value; text holding ${VAR} is expanded and read again as YAML (so numbers work)."""
@@ -702,15 +744,16 @@ class _Reader:
         if implied_type is None and "Type" not in entry:
             self.problem(f"{where}.Type", f"required, one of {', '.join(MODEL_TYPES)}")
         self.current_type = model_type
-        engine = self.string(entry, "Engine", where, "").strip().lower()
-        if not engine and (any(key in entry for key in ("TensorFlow", "ONNX", "Meta", "Path", "LabelFile"))
-                           or (self.boolean(entry, "Default", where, False) and model_type != "caption")):
+        engine_text = self.string(entry, "Engine", where, "").strip().lower()
+        engine = one_of(engine_text, KNOWN_ENGINES)
+        if not engine_text and (any(key in entry for key in ("TensorFlow", "ONNX", "Meta", "Path", "LabelFile"))
+                                or (self.boolean(entry, "Default", where, False) and model_type != "caption")):
             # PhotoPrism's built-in models (labels, nsfw, face), run by PhotoPrism only (its EngineName)
             engine = "onnx" if "ONNX" in entry and "TensorFlow" not in entry else "tensorflow"
-        if engine and engine not in KNOWN_ENGINES:
-            self.problem(f"{where}.Engine", f"expected one of {', '.join(KNOWN_ENGINES)}, got {_kind(engine)}")
+        if engine_text and engine is None:
+            self.problem(f"{where}.Engine", f"expected one of {', '.join(KNOWN_ENGINES)}, got {_kind(engine_text)}")
         service = self.service(entry.get("Service"), f"{where}.Service", engine, model_type)
-        if not engine:
+        if engine is None:
             engine = service.request_format
         name = self.string(entry, "Model", where, "") or self.string(entry, "Name", where, "")
         service_model = self.string(self.mapping(entry.get("Service"), f"{where}.Service"), "Model", where, "")
@@ -749,7 +792,7 @@ class _Reader:
             return bool(value)
         return str(value).strip().lower() not in ("", "false", "no", "off", "none", "0")
 
-    def run_type(self, entry: Mapping[str, Any], where: str) -> str:
+    def run_type(self, entry: Mapping[str, Any], where: str) -> RunType:
         """Return the canonical Run mode; an unknown one is auto, as in PhotoPrism, with a warning."""
         text = self.string(entry, "Run", where, "").strip().lower().replace("_", "-").replace(" ", "-")
         if text not in RUN_TYPES:
@@ -759,7 +802,7 @@ class _Reader:
             return "auto"
         return RUN_TYPES[text]
 
-    def service(self, value: Any, where: str, engine: str, model_type: str) -> Service:
+    def service(self, value: Any, where: str, engine: Engine | None, model_type: str) -> Service:
         mapping = self.mapping(value, where)
         self.check_keys(mapping, SERVICE_KEYS, where)
         endpoints = self.daemon_servers.get(model_type, ()) or self.endpoints(mapping, where)
@@ -768,12 +811,12 @@ class _Reader:
         else:
             uri = self.string(mapping, "Uri", where, "").strip() or (endpoints[0].uri if endpoints else "")
         openai_uri = uri.rstrip("/").endswith(("/v1/chat/completions", "/responses"))
-        inferred = "openai" if engine == "openai" or openai_uri else "ollama"
-        request_format = self.choice(mapping, "RequestFormat", where, inferred, ("ollama", "openai", "vision"))
+        inferred: ApiFormat = "openai" if engine == "openai" or openai_uri else "ollama"
+        request_format = self.choice(mapping, "RequestFormat", where, inferred, API_FORMATS)
         if request_format == "vision" and model_type in CAPTIOND_TYPES:
             self.warnings.append(f"{where}.RequestFormat: vision is PhotoPrism's own Vision service API, which "
                                  "captiond does not speak: this model is left to PhotoPrism")
-        response_format = self.choice(mapping, "ResponseFormat", where, request_format, ("ollama", "openai", "vision"))
+        response_format = self.choice(mapping, "ResponseFormat", where, request_format, API_FORMATS)
         if not uri:
             if request_format == "openai":
                 uri = OPENAI_RESPONSES_URI  # PhotoPrism's default for Engine: openai
@@ -789,7 +832,7 @@ class _Reader:
                               for index, endpoint in enumerate(endpoints))
         # PhotoPrism sends OpenAI a data URL and Ollama plain base64 whatever FileScheme says; so does captiond.
         file_scheme = self.choice(mapping, "FileScheme", where, "data" if request_format == "openai" else "base64",
-                                  ("base64", "data", "url"))
+                                  FILE_SCHEMES)
         for name in ("Username", "Password"):
             if mapping.get(name):
                 self.warnings.append(f"{where}.{name}: captiond sends no user name or password; use Key (a "
@@ -801,7 +844,8 @@ class _Reader:
         key_default = self.environ.get("OPENAI_API_KEY" if request_format == "openai" else "OLLAMA_API_KEY", "")
         think = mapping.get("Think", "false")
         think_text = str(think).lower() if isinstance(think, bool | str) else "false"
-        if think_text not in ("true", "false", "low", "medium", "high", "max"):  # Ollama's ThinkValue
+        think_value = one_of(think_text, tuple(Think))
+        if think_value is None:
             self.problem(f"{where}.Think", f"expected true, false, low, medium, high or max, got {_kind(think)}")
         key = self.string(mapping, "Key", where, key_default)
         return Service(
@@ -812,7 +856,7 @@ class _Reader:
             file_scheme=file_scheme,
             request_format=request_format,
             response_format=response_format,
-            think=think_text,
+            think=think_value or Think.FALSE,
             stream=self.boolean(mapping, "Stream", where, True),
             org=self.string(mapping, "Org", where, "").strip(),
             project=self.string(mapping, "Project", where, "").strip(),
@@ -1003,3 +1047,8 @@ class _Reader:
                 total=self.duration(retry, "Total", f"{where}.Retry", defaults.total),
             ),
         )
+
+
+def one_of(text: str, allowed: tuple[_Choice, ...]) -> _Choice | None:
+    """Return the allowed value `text` names, or None."""
+    return next((option for option in allowed if option == text), None)

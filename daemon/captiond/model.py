@@ -35,7 +35,7 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from . import transport
-from .config import DaemonConfig, Endpoint, ModelConfig, RetryPolicy
+from .config import DaemonConfig, Endpoint, ModelConfig, RetryPolicy, Think
 from .endpoints import EndpointPool, EndpointState
 from .errors import (
     AllEndpointsDown,
@@ -310,7 +310,7 @@ class ModelClient:
         if isinstance(capabilities, list):
             thinks = "thinking" in capabilities
             self.can_think = thinks if self.can_think is None else self.can_think and thinks
-            if not thinks and self.model.service.think != "false":
+            if not thinks and self.model.service.think is not Think.FALSE:
                 log.warning("model %s on %s cannot think: Service.Think: %s is not sent", self.model.model_id,
                             base, self.model.service.think)
 
@@ -543,8 +543,8 @@ class ModelClient:
                                 "options": dict(self.model.options)}
         think = self.model.service.think
         # `think: false` is accepted by every model; asking a model that cannot think to think is a 400.
-        if think == "false" or self.can_think is not False:
-            body["think"] = think == "true" if think in ("true", "false") else think
+        if think is Think.FALSE or self.can_think is not False:
+            body["think"] = think.request_value
         if schema is not None and self.model.format in ("", "json"):
             body["format"] = schema
         elif self.model.format:

@@ -42,8 +42,8 @@ def responses_body(model: ModelConfig, jpeg: bytes, prompt: str, system: str,
         body["service_tier"] = model.service.tier
     if schema is not None:
         body["text"] = {"format": {"type": "json_schema", "name": "labels", "schema": schema, "strict": True}}
-    if model.service.think in ("low", "medium", "high"):
-        body["reasoning"] = {"effort": model.service.think}
+    if model.service.think.effort:
+        body["reasoning"] = {"effort": model.service.think.effort}
     return body
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .apps import AppNotifier
-from .config import Config
+from .config import Config, WatcherKind
 from .degradation import FIX, LOAD_SECONDS, Cadence, DegradationMonitor
 from .errors import ModelSetupError, ServerUnreachable
 from .health import HealthServer, Metrics, SystemdNotifier
@@ -188,7 +188,7 @@ class WatchService:
 
     # -- producers ---------------------------------------------------------------------------
 
-    def _watcher_kind(self) -> str:
+    def _watcher_kind(self) -> WatcherKind:
         return "polling" if self.config.daemon.watcher == "polling" else "inotify"
 
     def _on_file(self, path: Path) -> None:

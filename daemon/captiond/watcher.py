@@ -26,6 +26,7 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from .config import WatcherKind
 from .ignore import IGNORE_FILE
 from .library import is_candidate
 
@@ -76,7 +77,7 @@ class _Handler(FileSystemEventHandler):
             self.file_changed(path)
 
 
-def start_observer(originals: Path, kind: str, on_file: Callable[[Path], None],
+def start_observer(originals: Path, kind: WatcherKind, on_file: Callable[[Path], None],
                    on_directory: Callable[[Path], None], poll_interval: float = 30.0) -> BaseObserver:
     """Start watching the originals recursively (inotify, or polling for network shares); return the observer."""
     handler = _Handler(originals, on_file, on_directory)
