@@ -48,6 +48,7 @@ from .atomic import (
     stat_or_none,
     write_new_sidecar,
 )
+from .config import SidecarName
 from .errors import ChangedMeanwhile, ExiftoolError, MetadataError
 from .imaging import RAW_EXTENSIONS
 from .metadata import PREVIEW_TAGS, FileMetadata, OtherSidecar, WritePlan, inert
@@ -199,7 +200,7 @@ class Exiftool:
         finally:
             link.unlink(missing_ok=True)
 
-    def read(self, path: Path, sidecar_naming: str = "ext") -> FileMetadata:
+    def read(self, path: Path, sidecar_naming: SidecarName = "ext") -> FileMetadata:
         """Return the caption-related tags of an original and of its sidecar, in one exiftool call."""
         sidecar, sidecar_exists = sidecar_path(path, sidecar_naming)
         refuse_special(sidecar, "the sidecar")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .config import WriteMode
 from .imaging import RAW_EXTENSIONS
 from .sidecars import Fingerprint
 from .sources import CurrentCaption, CurrentLabels, caption_hash, current_source, is_boilerplate
@@ -138,7 +139,7 @@ class WritePlan:
         return not self.tags
 
 
-def writes_embedded(path: Path, mode: str) -> bool:
+def writes_embedded(path: Path, mode: WriteMode) -> bool:
     """Return whether a caption for this file goes into the file itself (never for RAW)."""
     suffix = path.suffix.lower()
     return mode == "embedded" and suffix in EMBEDDED_EXTENSIONS and suffix not in RAW_EXTENSIONS

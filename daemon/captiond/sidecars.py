@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from .config import SidecarName
 from .imaging import RAW_EXTENSIONS, SUPPORTED_EXTENSIONS
 
 SIDECAR_SUFFIXES = (".xmp", ".XMP")
@@ -34,7 +35,7 @@ def unchanged(expected: Mapping[Path, Fingerprint | None]) -> bool:
     return all(fingerprint(path) == value for path, value in expected.items())
 
 
-def sidecar_path(path: Path, naming: str) -> tuple[Path, bool]:
+def sidecar_path(path: Path, naming: SidecarName) -> tuple[Path, bool]:
     """Return the sidecar to use for an original and whether it exists.
 
     An existing `<name>.<ext>.xmp` (any case of .xmp) is updated; so is an existing `<name>.xmp` when it
