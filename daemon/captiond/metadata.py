@@ -50,6 +50,32 @@ class OtherSidecar:
 
 
 @dataclass(frozen=True)
+class Target:
+    """Where a write goes, the photo itself (embedded) or its sidecar, and the tags that file holds now."""
+
+    path: Path
+    embedded: bool
+    exists: bool
+    tags: Mapping[str, str]
+    lists: Mapping[str, tuple[str, ...]]
+
+    @property
+    def caption_tags(self) -> tuple[str, ...]:
+        """Return the tags of this file that hold a copy of the caption (readers differ in which they show)."""
+        return EMBEDDED_CAPTION_TAGS if self.embedded else SIDECAR_CAPTION_TAGS
+
+    @property
+    def kind(self) -> str:
+        """Return where readers find what this file holds: "embedded" or "sidecar"."""
+        return "embedded" if self.embedded else "sidecar"
+
+    @property
+    def what(self) -> str:
+        """Return how messages name this file: "the photo" or "the sidecar"."""
+        return "the photo" if self.embedded else "the sidecar"
+
+
+@dataclass(frozen=True)
 class FileMetadata:
     """What exiftool read from an original and its sidecar."""
 
@@ -65,12 +91,27 @@ class FileMetadata:
     # taken before exiftool read them; a write goes ahead only while they all still hold (see `unchanged`).
     fingerprints: Mapping[Path, Fingerprint | None] = field(default_factory=dict)
 
+    def target(self, embedded: bool) -> Target:
+        """Return which file a write goes to, the photo (embedded) or its sidecar, and what that file holds."""
+        if embedded:
+            return Target(self.path, True, True, self.original, self.original_lists)
+        return Target(self.sidecar, False, self.sidecar_exists, self.sidecar_tags, self.sidecar_lists)
+
+    def targets(self, embedded: bool) -> tuple[Target, ...]:
+        """Return every file a write goes to: the target, and in embedded mode the photo's existing sidecar too.
+
+        Immich, PhotoPrism and digiKam prefer a sidecar's values: it would otherwise go on showing its own.
+        """
+        if embedded and self.sidecar_exists:
+            return self.target(True), self.target(False)
+        return (self.target(embedded),)
+
     @property
     def fallback(self) -> OtherSidecar | None:
         """Return the sidecar readers show while ours does not exist yet (Immich falls back to `<name>.xmp`)."""
         return self.others[0] if self.others and not self.sidecar_exists else None
 
-    def keywords(self, in_sidecar: bool) -> tuple[list[str], list[str], list[str]]:
+    def keywords(self, embedded: bool) -> tuple[list[str], list[str], list[str]]:
         """Return (keywords, hierarchical keywords, the keywords we added) that readers see in the target.
 
         Keywords are every flat keyword any reader may show: `dc:subject` and the photo's IPTC Keywords
@@ -78,17 +119,16 @@ class FileMetadata:
         its own shows the photo's embedded one (readers merge the two key by key), so those are carried
         over rather than hidden.
         """
-        subject = self.visible_list("XMP-dc:Subject", in_sidecar) or ()
+        subject = self.visible_list("XMP-dc:Subject", embedded) or ()
         iptc = self.original_lists.get("IPTC:Keywords", ())
         keywords = _unique((*subject, *iptc))
-        hierarchical = list(self.visible_list("XMP-lr:HierarchicalSubject", in_sidecar) or ())
-        own = self.sidecar_lists if in_sidecar else self.original_lists
-        return keywords, hierarchical, list(own.get("XMP-captiond:AddedKeywords", ()))
+        hierarchical = list(self.visible_list("XMP-lr:HierarchicalSubject", embedded) or ())
+        return keywords, hierarchical, list(self.target(embedded).lists.get("XMP-captiond:AddedKeywords", ()))
 
-    def visible_list(self, tag: str, in_sidecar: bool) -> tuple[str, ...] | None:
+    def visible_list(self, tag: str, embedded: bool) -> tuple[str, ...] | None:
         """Return a list tag as readers see it in the target (None: absent): a sidecar's own, else embedded."""
-        if not in_sidecar or tag in self.sidecar_lists:
-            return (self.sidecar_lists if in_sidecar else self.original_lists).get(tag)
+        if embedded or tag in self.sidecar_lists:
+            return self.target(embedded).lists.get(tag)
         if self.fallback is not None and tag in self.fallback.lists:
             return self.fallback.lists[tag]
         return self.original_lists.get(tag)
@@ -100,7 +140,7 @@ class FileMetadata:
         date = date[:10].replace(":", "-") if re.match(r"^\d{4}[:-]\d{2}[:-]\d{2}", date) else ""
         make, model = self.original.get("IFD0:Make", "").strip(), self.original.get("IFD0:Model", "").strip()
         camera = model if model.lower().startswith(make.lower()) else f"{make} {model}".strip()
-        keywords, _, ours = self.keywords(in_sidecar=self.sidecar_exists)
+        keywords, _, ours = self.keywords(embedded=not self.sidecar_exists)
         people = [keyword for keyword in keywords if keyword.casefold() not in {item.casefold() for item in ours}]
         return {"date": date, "camera": camera, "keywords": ", ".join(people)}
 
@@ -137,6 +177,11 @@ class WritePlan:
     def empty(self) -> bool:
         """Return whether there is nothing to write."""
         return not self.tags
+
+    @property
+    def what(self) -> str:
+        """Return how messages name the target: "the photo" or "the sidecar"."""
+        return "the photo" if self.embedded else "the sidecar"
 
 
 def writes_embedded(path: Path, mode: WriteMode) -> bool:
@@ -249,10 +294,9 @@ def edited_copy(tags: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, l
 
 def current_labels(metadata: FileMetadata, embedded: bool) -> CurrentLabels:
     """Return the keywords readers see in the target and our record of the ones we added."""
-    keywords, _, added = metadata.keywords(in_sidecar=not embedded)
-    tags = metadata.original if embedded else metadata.sidecar_tags
-    return CurrentLabels(tuple(keywords), tuple(added), tags.get("XMP-captiond:LabelsSource", ""),
-                         "embedded" if embedded else "sidecar")
+    keywords, _, added = metadata.keywords(embedded)
+    target = metadata.target(embedded)
+    return CurrentLabels(tuple(keywords), tuple(added), target.tags.get("XMP-captiond:LabelsSource", ""), target.kind)
 
 
 def inert(value: str) -> str:

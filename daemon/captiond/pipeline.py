@@ -179,7 +179,7 @@ class Captioner:
             if written.skipped:
                 return Outcome(path, Status.SKIPPED, written.skipped, wrote_original=written.into_photo, stages=stages)
             caption, keywords = written.caption, written.keywords
-            created_sidecar = not embedded and not metadata.sidecar_exists
+            created_sidecar = not metadata.target(embedded).exists
             if labels_error is not None:  # the caption is written; the labels failed
                 return dataclasses.replace(_failure(path, labels_error, "labels: ", caption),
                                            created_sidecar=created_sidecar)
@@ -432,22 +432,23 @@ class Captioner:
         """
         if not unchanged(metadata.fingerprints):
             raise ChangedMeanwhile("the photo or its sidecar changed since it was read")
-        plan = self.plan(metadata, embedded, caption, keywords, cached)
         self.check_contained(metadata.path)
-        if not embedded:
-            self.check_contained(plan.target, missing_ok=True, what="the sidecar: ")
-        self.exiftool.apply(plan, metadata.path if embedded else metadata.sidecar, metadata.fingerprints)
-        if embedded and metadata.sidecar_exists:
-            self.check_contained(metadata.sidecar, what="the sidecar: ")
-            self.exiftool.apply(self.plan(metadata, False, caption, keywords, cached), metadata.sidecar,
-                                _expected(metadata, metadata.sidecar))
-        return embedded and not plan.empty
+        into_photo = False
+        for target in metadata.targets(embedded):
+            plan = self.plan(metadata, target.embedded, caption, keywords, cached)
+            if not plan.embedded:  # the sidecar we write may be new; the one beside an embedded write exists
+                self.check_contained(plan.target, missing_ok=not embedded, what="the sidecar: ")
+            # The write into the target is checked against every file read, the other sidecar against its own.
+            expected = metadata.fingerprints if target.embedded == embedded else _expected(metadata, plan.target)
+            self.exiftool.apply(plan, plan.target, expected)
+            into_photo = into_photo or (plan.embedded and not plan.empty)
+        return into_photo
 
     def plan(self, metadata: FileMetadata, embedded: bool, caption: str, keywords: list[str] | None,
              cached: Set[str] = frozenset()) -> WritePlan:
         """Return the tag changes for the photo (embedded) or its sidecar."""
-        target = metadata.path if embedded else metadata.sidecar
-        plan = WritePlan(target, embedded, {} if caption else plan_repaired_copies(metadata, embedded))
+        repaired = {} if caption else plan_repaired_copies(metadata, embedded)
+        plan = WritePlan(metadata.target(embedded).path, embedded, repaired)
         if caption:
             provenance = Provenance(self.source("caption"), self._answering_model("caption"),
                                     cached="caption" in cached)
@@ -463,16 +464,13 @@ class Captioner:
     def repair(self, metadata: FileMetadata, embedded: bool) -> str:
         """Replace stale copies of our caption that a person edited elsewhere; return what was done ("" if nothing)."""
         done = []
-        targets = [(embedded, metadata.path if embedded else metadata.sidecar)]
-        if embedded and metadata.sidecar_exists:
-            targets.append((False, metadata.sidecar))
-        for in_file, target in targets:
-            changes = plan_repaired_copies(metadata, in_file)
+        for target in metadata.targets(embedded):
+            changes = plan_repaired_copies(metadata, target.embedded)
             if changes and not self.options.dry_run:
-                self.check_contained(target, what="" if in_file else "the sidecar: ")
-                self.exiftool.apply(WritePlan(target, in_file, changes), target,
-                                    _expected(metadata, target))
-                done.append(target.name)
+                self.check_contained(target.path, what="" if target.embedded else "the sidecar: ")
+                self.exiftool.apply(WritePlan(target.path, target.embedded, changes), target.path,
+                                    _expected(metadata, target.path))
+                done.append(target.path.name)
         return f"a person edited our caption: its other copies now hold their text ({', '.join(done)})" if done else ""
 
     def check_contained(self, path: Path, missing_ok: bool = False, what: str = "") -> None:
@@ -551,14 +549,12 @@ MINIMUM_FREE_BYTES = 64 * 1024
 
 def check_writable(metadata: FileMetadata, embedded: bool) -> None:
     """Raise a FileError if the caption could not be written: read-only photo or folder, or a full disk."""
-    target = metadata.path if embedded else metadata.sidecar
-    folder = target.parent
+    target = metadata.target(embedded)
+    folder = target.path.parent
     if embedded and not metadata.path.stat().st_mode & 0o222:
         raise MetadataError("the photo is read-only (no write permission bits): not changed")
-    existing = metadata.path if embedded else (metadata.sidecar if metadata.sidecar_exists else None)
-    if existing is not None and (not os.access(existing, os.W_OK) or not existing.stat().st_mode & 0o222):
-        what = "photo" if embedded else "sidecar"
-        raise MetadataError(f"the {what} is not writable by captiond (owner or permissions): not changed")
+    if target.exists and (not os.access(target.path, os.W_OK) or not target.path.stat().st_mode & 0o222):
+        raise MetadataError(f"{target.what} is not writable by captiond (owner or permissions): not changed")
     if not os.access(folder, os.W_OK):
         raise MetadataError(f"the folder is read-only (no write permission): {printable(str(folder))}")
     disk = os.statvfs(folder)

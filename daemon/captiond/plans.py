@@ -8,9 +8,7 @@ from .labels import merge_keywords
 from .metadata import (
     CACHED_NOTE,
     CAPTION_RECORD_TAGS,
-    EMBEDDED_CAPTION_TAGS,
     IPTC_CAPTION_BYTES,
-    SIDECAR_CAPTION_TAGS,
     FileMetadata,
     Provenance,
     WritePlan,
@@ -35,9 +33,8 @@ def plan_repaired_copies(metadata: FileMetadata, embedded: bool) -> dict[str, st
     `dc:description`). When a person edits one of them (darktable, exiftool, digiKam), the others still
     hold our text and readers disagree: the person's text wins and replaces every copy still holding ours.
     """
-    tags = metadata.original if embedded else metadata.sidecar_tags
-    names = EMBEDDED_CAPTION_TAGS if embedded else SIDECAR_CAPTION_TAGS
-    edit = edited_copy(tags, names)
+    target = metadata.target(embedded)
+    edit = edited_copy(target.tags, target.caption_tags)
     if edit is None:
         return {}
     text, stale = edit
@@ -83,7 +80,7 @@ def plan_caption(metadata: FileMetadata, caption: str, provenance: Provenance, e
     """
     caption = inert(caption)
     wanted: dict[str, str] = {"XMP-dc:Description": caption}
-    current = metadata.original if embedded else metadata.sidecar_tags
+    target = metadata.target(embedded)
     if embedded:
         if caption.isascii():
             wanted["IFD0:ImageDescription"] = caption
@@ -100,15 +97,15 @@ def plan_caption(metadata: FileMetadata, caption: str, provenance: Provenance, e
     wanted["XMP-captiond:CaptionSource"] = inert(provenance.source)
     wanted["XMP-captiond:CaptionModel"] = inert(provenance.model)
     wanted["XMP-captiond:CaptionHash"] = caption_hash(caption)
-    if provenance.cached or "XMP-captiond:CaptionCached" in current:
+    if provenance.cached or "XMP-captiond:CaptionCached" in target.tags:
         wanted["XMP-captiond:CaptionCached"] = CACHED_NOTE if provenance.cached else ""  # '' deletes a stale note
-    changes = {tag: value for tag, value in wanted.items() if current.get(tag) != value}
+    changes = {tag: value for tag, value in wanted.items() if target.tags.get(tag) != value}
     if not changes:
-        return WritePlan(metadata.path if embedded else metadata.sidecar, embedded, {})
+        return WritePlan(target.path, embedded, {})
     changes["XMP-captiond:CaptionTime"] = provenance.time
     if embedded and any(tag.startswith("IPTC:") for tag in changes) and "Photoshop:IPTCDigest" in metadata.original:
         changes["Photoshop:IPTCDigest"] = "new"
-    return WritePlan(metadata.path if embedded else metadata.sidecar, embedded, reencode_iptc(metadata, changes))
+    return WritePlan(target.path, embedded, reencode_iptc(metadata, changes))
 
 
 def reencode_iptc(metadata: FileMetadata, changes: Mapping[str, str | tuple[str, ...]]
@@ -136,11 +133,10 @@ def plan_keywords(metadata: FileMetadata, labels: list[str], provenance: Provena
     tool added stays. Sidecar: XMP-dc:Subject and XMP-lr:HierarchicalSubject. Embedded: the same, and
     IPTC:Keywords where the file already has IPTC (UTF-8, each cut to 64 bytes at a character boundary).
     """
-    current, hierarchical, ours_before = metadata.keywords(in_sidecar=not embedded)
+    current, hierarchical, ours_before = metadata.keywords(embedded)
     keywords, added = merge_keywords(current, ours_before, [inert(label) for label in labels])
     persons = [keyword for keyword in keywords if keyword not in added]
-    existing_lists = metadata.original_lists if embedded else metadata.sidecar_lists
-    existing_tags = metadata.original if embedded else metadata.sidecar_tags
+    target = metadata.target(embedded)
     # Immich, digiKam and darktable read a hierarchy before any flat list (Immich reads no dc:subject at
     # all), so the hierarchy we write carries every flat keyword too: nothing a person had is hidden.
     wanted: dict[str, str | tuple[str, ...]] = {
@@ -148,10 +144,10 @@ def plan_keywords(metadata: FileMetadata, labels: list[str], provenance: Provena
         "XMP-lr:HierarchicalSubject": _complete_hierarchy(hierarchical, ours_before, persons, added, "|"),
         "XMP-captiond:AddedKeywords": tuple(added), "XMP-captiond:LabelsSource": inert(provenance.source),
         "XMP-captiond:LabelsModel": inert(provenance.model)}
-    if provenance.cached or "XMP-captiond:LabelsCached" in existing_tags:
+    if provenance.cached or "XMP-captiond:LabelsCached" in target.tags:
         wanted["XMP-captiond:LabelsCached"] = CACHED_NOTE if provenance.cached else ""  # '' deletes a stale note
     for tag, separator in FIRST_READ_HIERARCHIES.items():
-        entries = metadata.visible_list(tag, in_sidecar=not embedded)
+        entries = metadata.visible_list(tag, embedded)
         if entries is not None:  # read before any other keyword tag: it gets everything too
             wanted[tag] = _complete_hierarchy(list(entries), ours_before, persons, added, separator)
     if embedded and metadata.has_iptc:
@@ -159,7 +155,7 @@ def plan_keywords(metadata: FileMetadata, labels: list[str], provenance: Provena
         if not all(keyword.isascii() for keyword in keywords):
             wanted["IPTC:CodedCharacterSet"] = "UTF8"
     changes = {tag: value for tag, value in wanted.items()
-               if (tuple(existing_lists.get(tag, ())) if isinstance(value, tuple) else existing_tags.get(tag)) != value}
+               if (tuple(target.lists.get(tag, ())) if isinstance(value, tuple) else target.tags.get(tag)) != value}
     if changes:
         changes["XMP-captiond:LabelsTime"] = provenance.time
         if embedded and any(tag.startswith("IPTC:") for tag in changes) and "Photoshop:IPTCDigest" in metadata.original:
