@@ -36,7 +36,7 @@ def pixels(path: Path) -> bytes:
 def write(exiftool: Exiftool, path: Path, caption: str, embedded: bool) -> None:
     metadata = exiftool.read(path)
     plan = plan_caption(metadata, caption, PROVENANCE, embedded)
-    exiftool.apply(plan, path if embedded else metadata.sidecar)
+    exiftool.apply(plan)
 
 
 def test_reads_the_caption_a_reader_sees(exiftool: Exiftool, originals: Path) -> None:
@@ -78,7 +78,7 @@ def test_unchanged_caption_is_not_rewritten(exiftool: Exiftool, originals: Path)
     plan = plan_caption(exiftool.read(photo), "A lake at dawn.", Provenance("ollama", "qwen2.5vl:3b"), False)
 
     assert plan.empty
-    exiftool.apply(plan, sidecar)
+    exiftool.apply(plan)
     assert (sidecar.stat().st_mtime_ns, file_hash(sidecar)) == first
 
 
@@ -205,7 +205,7 @@ def test_new_sidecar_holds_any_text_exactly(exiftool: Exiftool, originals: Path)
     metadata = exiftool.read(photo)
     plan = merge_plans(plan_caption(metadata, caption, PROVENANCE, False),
                        plan_keywords(metadata, ["R&D", "<tag>"], PROVENANCE, False))
-    exiftool.apply(plan, metadata.sidecar)
+    exiftool.apply(plan)
     tags = read_tags(Path(f"{photo}.xmp"), "XMP-dc:all", "XMP-tiff:all", "XMP-lr:all", "XMP-captiond:all")
     assert tags["XMP-dc:Description"] == caption
     assert tags["XMP-tiff:ImageDescription"] == caption

@@ -11,9 +11,11 @@ import contextlib
 import errno
 import logging
 import os
+import re
+import secrets
 import stat
 import xml.sax.saxutils
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from .errors import ChangedMeanwhile, MetadataError
@@ -23,6 +25,39 @@ from .sidecars import Fingerprint, unchanged
 log = logging.getLogger(__name__)
 
 TEMPORARY_PREFIX = ".captiond-tmp-"
+_PLAIN_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,10}")
+
+
+def plain_suffix(path: Path) -> str:
+    """Return the file's extension when it is plain letters and digits (else ""): a name of ours may carry it."""
+    return path.suffix if _PLAIN_SUFFIX.fullmatch(path.suffix) else ""
+
+
+def temporary_name(target: Path) -> Path:
+    """Return a new temporary name of ours beside `target`, with its extension (exiftool picks a format by it)."""
+    return target.parent / f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{plain_suffix(target).lower()}"
+
+
+@contextlib.contextmanager
+def replacing(target: Path, what: str, keep_attributes_of_target: bool) -> Iterator[Path]:
+    """Yield a temporary name beside `target`; once the block has written that file, it replaces `target`.
+
+    The new file gets the target's owner, mode and extended attributes (when it existed), is fsynced
+    before the one rename and its folder after. If the block raises, the target is left as it was; the
+    temporary file is removed either way.
+    """
+    temporary = temporary_name(target)
+    try:
+        yield temporary
+        if keep_attributes_of_target:
+            _keep_attributes(target, temporary)
+        _fsync(temporary)
+        refuse_special(target, what)
+        os.replace(temporary, target)
+        _fsync_directory(target.parent)
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
 
 
 # How each tag of a new sidecar is serialised: namespace prefix, property, and kind (text, alt, bag).
@@ -85,7 +120,7 @@ def _xml_text(value: str) -> str:
     return xml.sax.saxutils.escape(allowed)
 
 
-def create_exclusively(path: Path, data: bytes) -> None:
+def _create_exclusively(path: Path, data: bytes) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         os.write(descriptor, data)
@@ -169,7 +204,7 @@ def _overflow_id(kind: str) -> int:
         return 65534
 
 
-def keep_attributes(original: Path, replacement: Path) -> None:
+def _keep_attributes(original: Path, replacement: Path) -> None:
     """Give the file that replaces `original` its owner, group, mode and every extended attribute.
 
     Extended attributes hold ratings and tags (Dolphin, digiKam: user.*) and POSIX ACLs
@@ -210,7 +245,8 @@ def _attributes(path: Path) -> dict[str, bytes]:
         raise
 
 
-def fsync(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to the disk."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -218,20 +254,21 @@ def fsync(path: Path) -> None:
         os.close(descriptor)
 
 
-def fsync_directory(directory: Path) -> None:
+def _fsync_directory(directory: Path) -> None:
+    """Flush a folder's entries (a rename in it) to the disk, where the filesystem allows it."""
     with contextlib.suppress(OSError):
-        fsync(directory)
+        _fsync(directory)
 
 
-def write_new_sidecar(target: Path, temporary: Path, packet: bytes,
-                       expected: Mapping[Path, Fingerprint | None]) -> None:
+def write_new_sidecar(target: Path, packet: bytes, expected: Mapping[Path, Fingerprint | None]) -> None:
     """Write a brand-new sidecar: temporary file, fsync, rename (no exiftool needed)."""
+    temporary = temporary_name(target)
     try:
-        create_exclusively(temporary, packet)
+        _create_exclusively(temporary, packet)
         if os.path.lexists(target) or not unchanged(expected):  # another tool wrote meanwhile
             raise ChangedMeanwhile("a sidecar appeared while captiond wrote one", str(target))
         os.replace(temporary, target)
-        fsync_directory(target.parent)
+        _fsync_directory(target.parent)
     except OSError as exc:
         transient = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         raise MetadataError(f"cannot write: {exc.strerror or exc}", str(target), transient=transient) from exc

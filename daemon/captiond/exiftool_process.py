@@ -37,14 +37,12 @@ import exiftool  # pyexiftool
 from exiftool.exceptions import ExifToolException
 
 from .atomic import (
-    TEMPORARY_PREFIX,
-    fsync,
-    fsync_directory,
-    keep_attributes,
     low_on_space,
     new_sidecar_xmp,
+    plain_suffix,
     refuse_special,
     refuse_unwritable,
+    replacing,
     stat_or_none,
     write_new_sidecar,
 )
@@ -108,7 +106,6 @@ LIST_TAGS = frozenset({"XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "IPTC:Key
 # exiftool cannot write these to a new file with -o ("Can't write RIFF files"): we copy the original
 # to our temporary name and let exiftool rewrite that copy instead.
 COPY_FIRST_EXTENSIONS = frozenset({".webp"})
-_PLAIN_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,10}")
 _INERT_PATH = re.compile(rb"/[^%\n\r\0]*")  # no format code, no line break: exiftool takes it as it is
 
 
@@ -192,8 +189,7 @@ class Exiftool:
     @contextlib.contextmanager
     def _argument_path(self, path: Path) -> Iterator[bytes]:
         """Yield an inert name for a file or folder: a private symlink to it, named by us (see the module's doc)."""
-        suffix = path.suffix if _PLAIN_SUFFIX.fullmatch(path.suffix) else ""
-        link = Path(self._links.name) / f"{secrets.token_hex(8)}{suffix}"
+        link = Path(self._links.name) / f"{secrets.token_hex(8)}{plain_suffix(path)}"
         os.symlink(os.path.abspath(path), link)
         try:
             yield os.fsencode(link)
@@ -251,59 +247,51 @@ class Exiftool:
                 if isinstance(value, str) and value.startswith("base64:")]
 
 
-    def apply(self, plan: WritePlan, source: Path, expected: Mapping[Path, Fingerprint | None] | None = None) -> None:
+    def apply(self, plan: WritePlan, expected: Mapping[Path, Fingerprint | None] | None = None) -> None:
         """Write a plan: exiftool writes a new file under a temporary name, which replaces the target atomically.
 
-        `source` is the file the new one is made from: the original (embedded), the existing sidecar,
-        or nothing yet (a new sidecar, when it does not exist). `expected` holds the fingerprints the
-        plan was made from (see FileMetadata.fingerprints): they are compared before exiftool starts and
-        again right before the rename, and any difference raises ChangedMeanwhile with nothing written.
+        The new file is made from the target itself (the photo, or the existing sidecar), or from nothing
+        (a new sidecar). `expected` holds the fingerprints the plan was made from (see
+        FileMetadata.fingerprints): they are compared before exiftool starts and again right before the
+        rename, and any difference raises ChangedMeanwhile with nothing written.
         """
         if plan.empty:
             return
         expected = dict(expected or {})
         if not unchanged(expected):
             raise ChangedMeanwhile("the photo or its sidecar changed since it was read", str(plan.target))
-        directory = plan.target.parent
-        suffix = plan.target.suffix.lower() if _PLAIN_SUFFIX.fullmatch(plan.target.suffix) else ""
-        temporary = directory / f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{suffix}"
-        assignments = _assignments(plan.tags)
-        before = stat_or_none(source)
+        before = stat_or_none(plan.target)
         if before is not None:
-            refuse_unwritable(source, "the photo" if plan.embedded else "the sidecar")
-        packet = new_sidecar_xmp(plan.tags) if before is None and not plan.embedded else None
-        if packet is not None:
-            write_new_sidecar(plan.target, temporary, packet, expected)
+            refuse_unwritable(plan.target, plan.what)
+        elif not plan.embedded and (packet := new_sidecar_xmp(plan.tags)) is not None:
+            write_new_sidecar(plan.target, packet, expected)
             return
         try:
-            with self._argument_path(source) as source_argument, self._argument_path(directory) as folder:
-                temporary_argument = folder + b"/" + os.fsencode(temporary.name)
-                command: list[str | bytes] = [*assignments, temporary_argument]
-                if before is not None and plan.target.suffix.lower() in COPY_FIRST_EXTENSIONS:
-                    shutil.copy2(source, temporary)
-                    command = ["-overwrite_original", *assignments, temporary_argument]
-                elif before is not None:
-                    command = ["-o", temporary_argument, *assignments, source_argument]
-                status, output, stderr = self.run(*command)
-            if status != 0 or not temporary.exists():
-                reason = _first_line(stderr) or _text(output)
-                if low_on_space(directory, source if plan.embedded else None):
-                    raise MetadataError(f"no space left on the disk ({reason}); will try again", str(plan.target),
-                                        transient=True)
-                raise MetadataError(f"exiftool could not write: {reason}", str(plan.target))
-            if (before is not None and stat_or_none(source) != before) or not unchanged(expected):
-                raise ChangedMeanwhile("the file changed while its metadata was written", str(plan.target))
-            if before is not None:
-                keep_attributes(source, temporary)
-            fsync(temporary)
-            refuse_special(plan.target, "the photo" if plan.embedded else "the sidecar")
-            os.replace(temporary, plan.target)
-            fsync_directory(directory)
+            with replacing(plan.target, plan.what, keep_attributes_of_target=before is not None) as temporary:
+                self._write_into(temporary, plan, existing=before is not None)
+                if (before is not None and stat_or_none(plan.target) != before) or not unchanged(expected):
+                    raise ChangedMeanwhile("the file changed while its metadata was written", str(plan.target))
         except OSError as exc:
             raise MetadataError(f"cannot write: {exc.strerror or exc}", str(plan.target)) from exc
-        finally:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
+
+    def _write_into(self, temporary: Path, plan: WritePlan, existing: bool) -> None:
+        """Have exiftool write the target with the plan's changes as `temporary` (a new file, or a copy it rewrites)."""
+        assignments = _assignments(plan.tags)
+        with self._argument_path(plan.target) as source, self._argument_path(temporary.parent) as folder:
+            destination = folder + b"/" + os.fsencode(temporary.name)
+            command: list[str | bytes] = [*assignments, destination]
+            if existing and plan.target.suffix.lower() in COPY_FIRST_EXTENSIONS:
+                shutil.copy2(plan.target, temporary)
+                command = ["-overwrite_original", *assignments, destination]
+            elif existing:
+                command = ["-o", destination, *assignments, source]
+            status, output, stderr = self.run(*command)
+        if status != 0 or not temporary.exists():
+            reason = _first_line(stderr) or _text(output)
+            if low_on_space(temporary.parent, plan.target if plan.embedded else None):
+                raise MetadataError(f"no space left on the disk ({reason}); will try again", str(plan.target),
+                                    transient=True)
+            raise MetadataError(f"exiftool could not write: {reason}", str(plan.target))
 
 
 def _assignments(tags: Mapping[str, str | tuple[str, ...]]) -> list[str]:

@@ -440,7 +440,7 @@ class Captioner:
                 self.check_contained(plan.target, missing_ok=not embedded, what="the sidecar: ")
             # The write into the target is checked against every file read, the other sidecar against its own.
             expected = metadata.fingerprints if target.embedded == embedded else _expected(metadata, plan.target)
-            self.exiftool.apply(plan, plan.target, expected)
+            self.exiftool.apply(plan, expected)
             into_photo = into_photo or (plan.embedded and not plan.empty)
         return into_photo
 
@@ -468,8 +468,7 @@ class Captioner:
             changes = plan_repaired_copies(metadata, target.embedded)
             if changes and not self.options.dry_run:
                 self.check_contained(target.path, what="" if target.embedded else "the sidecar: ")
-                self.exiftool.apply(WritePlan(target.path, target.embedded, changes), target.path,
-                                    _expected(metadata, target.path))
+                self.exiftool.apply(WritePlan(target.path, target.embedded, changes), _expected(metadata, target.path))
                 done.append(target.path.name)
         return f"a person edited our caption: its other copies now hold their text ({', '.join(done)})" if done else ""
 
