@@ -25,11 +25,13 @@ import re
 import secrets
 import select
 import shutil
+import signal
 import stat
+import subprocess
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -53,16 +55,63 @@ from .metadata import PREVIEW_TAGS, FileMetadata, OtherSidecar, WritePlan, inert
 from .sidecars import Fingerprint, fingerprints, other_sidecars, sidecar_path, unchanged
 
 log = logging.getLogger(__name__)
-# pyexiftool warns when it notices that exiftool died; captiond restarts it or is stopping anyway.
-warnings.filterwarnings("ignore", message="ExifTool process was previously running but died")
 EXIFTOOL_TIMEOUT = 120.0  # no single exiftool command of ours takes this long
+PR_SET_PDEATHSIG = 1
+_STATUS_ENDING = re.compile(rb"=(\d+)=$")
+
+
+class _StayOpen(exiftool.ExifTool):  # type: ignore[misc]  # pyexiftool has no type hints
+    """pyexiftool's `exiftool -stay_open` process, with what captiond needs changed (pyexiftool 0.5).
+
+    exiftool runs in a session of its own: a Ctrl-C or a SIGTERM sent to captiond's process group must
+    not kill it in the middle of a write (captiond stops it itself, after the write); it still ends when
+    the thread that started it ends (PR_SET_PDEATHSIG). Reading its answer raises OSError on end of file
+    (exiftool died) and on silence (exiftool hung), where pyexiftool's reader loops forever and would
+    hang a worker and the daemon with it. A death is not warned about: captiond restarts exiftool.
+    """
+
+    def run(self) -> None:
+        """Start exiftool, reading one argument a line from its standard input."""
+        arguments = [str(self.executable), "-config", str(self.config_file), "-stay_open", "True", "-@", "-",
+                     "-common_args", *(self.common_args or [])]
+        self._process = subprocess.Popen(arguments, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_end_with_parent)
+        self._running = True
+
+    @property
+    def running(self) -> bool:
+        """Return whether exiftool still runs."""
+        if self._running and self._process.poll() is not None:
+            self._flag_running_false()
+        return bool(self._running)
+
+    def execute(self, *parameters: str | bytes, raw_bytes: bool = False) -> str | bytes:
+        """Run one command; its stderr and exit status are left in `last_stderr` and `last_status`."""
+        process = self._process if self.running else None
+        if process is None or process.stdin is None or process.stdout is None or process.stderr is None:
+            raise OSError("exiftool is not running")
+        number = secrets.randbelow(900_000) + 100_000
+        ready, post = f"{{ready{number}}}".encode(), f"post{number}".encode()
+        command = [item if isinstance(item, bytes) else item.encode("utf-8") for item in parameters]
+        command += [b"-echo4", b"=${status}=" + post, f"-execute{number}\n".encode()]
+        process.stdin.write(b"\n".join(command))
+        process.stdin.flush()
+        stdout = _read_until(process.stdout.fileno(), ready, self.block_size).strip()[:-len(ready)]
+        stderr = _read_until(process.stderr.fileno(), post, self.block_size).strip()[:-len(post)]
+        ending = _STATUS_ENDING.search(stderr)  # -echo4 printed "=STATUS=" after exiftool's own messages
+        if ending is None:
+            raise OSError(f"exiftool answered outside its protocol: {stderr[-200:]!r}")
+        self._last_stdout, self._last_stderr, self._last_status = stdout, stderr[:ending.start()], int(ending[1])
+        return stdout if raw_bytes else stdout.decode("utf-8", "replace")
+
+
+def _end_with_parent() -> None:
+    """Have the kernel end exiftool when the thread that started it ends (run in the child, before exec)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _read_until(descriptor: int, ending: bytes, block_size: int) -> bytes:
-    """pyexiftool's reader, fixed: end of file (exiftool died) and silence (exiftool hung) raise OSError.
-
-    pyexiftool 0.5 loops forever on end of file, which would hang a worker and the daemon with it.
-    """
+    """Return what exiftool writes up to `ending`; raise OSError when it exits or is silent for too long."""
     chunks: list[bytes] = []
     tail = b""
     while not tail.strip().endswith(ending):
@@ -76,21 +125,6 @@ def _read_until(descriptor: int, ending: bytes, block_size: int) -> bytes:
         tail = (tail + chunk)[-(len(ending) + 8):]
     return b"".join(chunks)
 
-
-def _own_session(signal_number: int) -> Callable[[], None]:
-    """pyexiftool's child setup, plus a session of its own: a Ctrl-C or a SIGTERM sent to captiond's process
-    group must not kill exiftool in the middle of a write (captiond stops it itself, after the write)."""
-
-    def setup() -> None:
-        os.setsid()
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal_number)  # PR_SET_PDEATHSIG: exiftool ends when captiond ends
-
-    return setup
-
-
-exiftool.exiftool._read_fd_endswith = _read_until
-exiftool.exiftool._set_pdeathsig = _own_session
 
 READ_TAGS = (
     "-XMP-dc:Description-*", "-XMP-tiff:ImageDescription-*",  # every language alternative, not only x-default
@@ -115,7 +149,7 @@ class Exiftool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._closed = False
-        self._process: exiftool.ExifTool | None = None
+        self._process: _StayOpen | None = None
         self._links = tempfile.TemporaryDirectory(prefix="captiond-links-")
         if not _INERT_PATH.fullmatch(os.fsencode(self._links.name)):
             self._links.cleanup()
@@ -139,13 +173,13 @@ class Exiftool:
             self._stop_process()
         self._links.cleanup()
 
-    def _start(self) -> exiftool.ExifTool:
+    def _start(self) -> _StayOpen:
         executable = shutil.which("exiftool")
         if executable is None:
             raise ExiftoolError("exiftool is not installed (Debian/Ubuntu: apt-get install libimage-exiftool-perl)")
         config = resources.files("captiond") / "exiftool.config"
-        process = exiftool.ExifTool(executable=executable, common_args=["-G1", "-n"],
-                                    config_file=str(config), encoding="utf-8")
+        process = _StayOpen(executable=executable, common_args=["-G1", "-n"], config_file=str(config),
+                            encoding="utf-8")
         try:
             process.run()
         except (ExifToolException, OSError, RuntimeError) as exc:
