@@ -3,7 +3,7 @@ returns its measurements against the targets of the issue."""
 
 from __future__ import annotations
 
-import concurrent.futures
+import json
 import logging
 import os
 import shutil
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from floor import FLOOR_STAGES, FloorRun, floor_run
 from harness import (
     MemorySampler,
     RunResult,
@@ -37,7 +38,6 @@ from inputs import (
     tiny_library,
 )
 from model_calls import combined_requests, duplicate_library
-from PIL import Image
 from results import BenchmarkResult, Measurement
 
 log = logging.getLogger("bench")
@@ -58,7 +58,6 @@ class Settings:
 
     quick: bool
     throughput_photos: int
-    decode_floor_samples: int
     busy_photos: dict[int, int]  # Parallel -> photos
     busy_latency: float
     watch_files: int
@@ -72,13 +71,13 @@ class Settings:
 
     @classmethod
     def full(cls) -> Settings:
-        return cls(quick=False, throughput_photos=300, decode_floor_samples=15, busy_photos={1: 100, 4: 200},
+        return cls(quick=False, throughput_photos=300, busy_photos={1: 100, 4: 200},
                    busy_latency=0.2, watch_files=200, watch_rate=20.0, watch_settle=1.0, rescan_files=100_000,
                    rescan_full_files=100_000, memory_photos=3000, prepare_repetitions=7, repetitions=3)
 
     @classmethod
     def quick_mode(cls) -> Settings:
-        return cls(quick=True, throughput_photos=40, decode_floor_samples=7, busy_photos={1: 20, 4: 40},
+        return cls(quick=True, throughput_photos=40, busy_photos={1: 20, 4: 40},
                    busy_latency=0.2, watch_files=40, watch_rate=20.0, watch_settle=1.0, rescan_files=10_000,
                    rescan_full_files=100_000, memory_photos=400, prepare_repetitions=3, repetitions=1)
 
@@ -131,34 +130,6 @@ def run_summary(run: RunResult) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- B1 throughput
 
-def decode_seconds(path: Path) -> float:
-    """Time what captiond's imaging does with a JPEG: open, draft-decode and downscale to 720 px."""
-    started = time.perf_counter()
-    with Image.open(path) as image:
-        image.draft("RGB", (RESOLUTION, RESOLUTION * 3 // 4))
-        image.thumbnail((RESOLUTION, RESOLUTION))
-    return time.perf_counter() - started
-
-
-def decode_floor(photos: list[Path]) -> dict[str, float]:
-    """The machine's decode floor: cores / median seconds to draft-decode one photo (images/s).
-
-    As a check that the cores really scale, the same photos are also decoded by `cores` threads at
-    once (Pillow releases the GIL while decoding and resizing)."""
-    for photo in photos:  # warm the page cache, as for captiond (its photos were just generated or read)
-        photo.read_bytes()
-    timings = [decode_seconds(photo) for photo in photos]
-    median = statistics.median(timings)
-    cores = available_cores()
-    with concurrent.futures.ThreadPoolExecutor(cores) as executor:
-        started = time.perf_counter()
-        list(executor.map(decode_seconds, photos * 2))
-        threaded = 2 * len(photos) / (time.perf_counter() - started)
-    return {"median_decode_ms": round(median * 1000, 2), "cores": cores,
-            "floor_images_per_second": round(cores / median, 2), "samples": len(photos),
-            "threads_decoding_at_once_images_per_second": round(threaded, 2)}
-
-
 @dataclass(frozen=True)
 class ServedRun:
     """A `captiond run` and what the emulator saw of it."""
@@ -171,11 +142,14 @@ class ServedRun:
 
 
 def serve_and_run(latency: float, parallel: int, work: Path, arguments: list[str | Path],
-                  **daemon_settings: object) -> ServedRun:
-    """Start the emulator, run `captiond run ARGS` against it with these Daemon settings, stop the emulator."""
+                  stages_path: Path | None = None, **daemon_settings: object) -> ServedRun:
+    """Start the emulator, run `captiond run ARGS` against it with these Daemon settings, stop the emulator.
+
+    With `stages_path`, captiond runs under the stage profiler (bench/stages.py), which writes there."""
     with model_server(latency=latency, parallel=parallel) as server:
         config = write_config(work / "vision.yml", server.url, Parallel=parallel, Write="sidecar", **daemon_settings)
-        run = run_captiond(["--config", config, *arguments], work / "run.log", work / "report.json")
+        run = run_captiond(["--config", config, *arguments], work / "run.log", work / "report.json",
+                           stages_path=stages_path)
         return ServedRun(run, len(server.generation_requests()), server.max_processing,
                          server.mean_handler_seconds(), server.idle_slots(parallel))
 
@@ -185,60 +159,94 @@ def best_of(runs: list[ServedRun]) -> ServedRun:
     return min(runs, key=lambda served: captioning_seconds(served.run))
 
 
-def cpu_measurement(run: RunResult, count: int, floor: dict[str, float]) -> Measurement:
-    """Where the cores went, per photo: captiond's process and its exiftool, and the ceiling that sets."""
-    captiond_ms = 1000 * run.memory.cpu_seconds / count
-    exiftool_ms = 1000 * run.memory.children_cpu_seconds / count
-    total_ms = captiond_ms + exiftool_ms
-    ceiling = floor["cores"] * 1000 / total_ms / floor["floor_images_per_second"]
-    busy = (run.memory.cpu_seconds + run.memory.children_cpu_seconds) / (run.wall_seconds * floor["cores"])
-    return Measurement(
-        "B1 CPU per photo", round(total_ms, 1),
-        f"captiond {captiond_ms:.1f} + exiftool {exiftool_ms:.1f} = {total_ms:.1f} ms (decode floor "
-        f"{floor['median_decode_ms']:.1f}); cores {busy:.0%} busy", "for the record", None,
-        f"at this CPU per photo, even fully busy cores give at most {ceiling:.2f} × the decode floor")
+def busy_share(run: RunResult, cores: int) -> float:
+    """The share of the cores' time captiond and its exiftool kept busy over the run's wall time."""
+    return (run.memory.cpu_seconds + run.memory.children_cpu_seconds) / (run.wall_seconds * cores)
+
+
+def stage_profile(stages_path: Path, count: int) -> dict[str, float]:
+    """CPU ms per photo by stage of a profiled run (bench/stages.py), exiftool's own process included."""
+    document = json.loads(stages_path.read_text())
+    stages = {stage: 1000 * seconds / count for stage, seconds in document["stage_cpu_seconds"].items()}
+    stages["exiftool process (its reads and writes)"] = 1000 * document["exiftool_cpu_seconds"] / count
+    stages["unattributed (threads that ended between samples)"] = (
+        1000 * max(0.0, document["unattributed_cpu_seconds"]) / count)
+    return {stage: round(value, 2) for stage, value in stages.items() if value >= 0.005}
+
+
+def stage_table(captiond: dict[str, float], floor: dict[str, float]) -> str:
+    """The per-stage table (Markdown): CPU ms per photo of captiond (and its exiftool) and of the floor loop."""
+    order = list(floor) + [stage for stage in captiond if stage not in floor]
+    rows = ["| stage | captiond | floor |", "| --- | ---: | ---: |"]
+    for stage in order:
+        ours, theirs = captiond.get(stage), floor.get(stage)
+        shown = ["" if value is None else f"{value:.1f}" for value in (ours, theirs)]
+        rows.append(f"| {stage} | {shown[0]} | {shown[1]} |")
+    rows.append(f"| **CPU per photo** | **{sum(captiond.values()):.1f}** | **{sum(floor.values()):.1f}** |")
+    return "\n".join(rows)
 
 
 def throughput(settings: Settings, folders: Folders) -> BenchmarkResult:
-    """B1: images/s of `captiond run` with an instant model, 12 MP JPEGs, sidecars, Parallel 4."""
+    """B1: images/s of `captiond run` ÷ the floor loop's, same photos, same run (instant model, sidecars)."""
     result = BenchmarkResult("B1", "throughput, instant model")
     count = settings.throughput_photos
     recipe = LibraryRecipe(TWELVE_MEGAPIXELS, count, count, 50)
     library, built = photo_library(folders.inputs / f"photos-12mp-{count}", recipe)
-    floor = decode_floor(library_photos(library, recipe)[:settings.decode_floor_samples])
-    runs = []
-    for _ in range(settings.repetitions):
+    photos = library_photos(library, recipe)
+    for photo in photos:  # warm the page cache, for the floor as for captiond
+        photo.read_bytes()
+    cores = available_cores()
+    work = folders.work("B1")
+    floors: list[FloorRun] = []
+    runs: list[ServedRun] = []
+    for _ in range(settings.repetitions):  # interleaved: the machine's load falls on both alike
+        floors.append(floor_run(photos, cores))
         remove_sidecars(library)
-        runs.append(serve_and_run(0.0, 4, folders.work("B1"), ["--originals", library]))
+        runs.append(serve_and_run(0.0, 4, work, ["--originals", library]))
         check_run(runs[-1].run, count)
+    remove_sidecars(library)
+    stages_path = work / "stages.json"
+    profiled = serve_and_run(0.0, 4, work, ["--originals", library], stages_path=stages_path)
+    check_run(profiled.run, count)
+    ratios = [count / captioning_seconds(served.run) / floor.images_per_second
+              for served, floor in zip(runs, floors, strict=True)]
+    ratio = statistics.median(ratios)
     best = best_of(runs)
-    seconds = captioning_seconds(best.run)
-    rate = count / seconds
-    ratio = rate / floor["floor_images_per_second"]
-    stages = (best.run.report or {}).get("stages_ms") or {}
-    result.details = {"photos": count, "photo": "4000x3000 JPEG q92, ~3.7 MB", "inputs_generated_now": built,
-                      "decode_floor": floor, "images_per_second": round(rate, 2),
-                      "images_per_second_wall": round(count / best.run.wall_seconds, 2),
-                      "ratio_to_floor": round(ratio, 3), "stages_ms": stages, "requests": best.requests,
-                      "max_requests_in_flight": best.max_in_flight,
-                      "cpu_ms_per_image_captiond_and_exiftool": round(1000 * best.run.cpu.children / count, 1),
-                      "cpu_ms_per_image_emulator_and_bench": round(1000 * best.run.cpu.benchmark / count, 1),
-                      "images_per_second_every_run": [round(count / captioning_seconds(served.run), 2)
-                                                      for served in runs],
-                      "best_run": run_summary(best.run)}
+    best_floor = max(floors, key=lambda floor: floor.images_per_second)
+    rate = count / captioning_seconds(best.run)
+    busy = [busy_share(served.run, cores) for served in runs]
+    floor_stages = {stage: round(statistics.fmean(floor.stage_ms_per_photo()[stage] for floor in floors), 2)
+                    for stage in FLOOR_STAGES}
+    captiond_stages = stage_profile(stages_path, count)
+    captiond_cpu_ms = 1000 * (best.run.memory.cpu_seconds + best.run.memory.children_cpu_seconds) / count
+    result.details = {
+        "photos": count, "photo": "4000x3000 JPEG q92, ~3.7 MB", "inputs_generated_now": built, "cores": cores,
+        "ratio_to_floor_median": round(ratio, 3), "ratio_to_floor_every_pair": [round(value, 3) for value in ratios],
+        "images_per_second_every_run": [round(count / captioning_seconds(served.run), 2) for served in runs],
+        "images_per_second_wall_every_run": [round(count / served.run.wall_seconds, 2) for served in runs],
+        "floor_every_run": [floor.as_dict() for floor in floors],
+        "busy_every_run": [round(value, 3) for value in busy],
+        "cpu_ms_per_photo_best_run": round(captiond_cpu_ms, 1),
+        "stages_cpu_ms_per_photo": {"captiond": captiond_stages, "floor": floor_stages},
+        "stage_table": stage_table(captiond_stages, floor_stages),
+        "profiled_run": run_summary(profiled.run),
+        "stages_ms_wall_in_a_worker": (best.run.report or {}).get("stages_ms"),
+        "requests": best.requests, "max_requests_in_flight": best.max_in_flight, "best_run": run_summary(best.run)}
     result.measurements.append(Measurement(
-        "B1 throughput ÷ decode floor", round(ratio, 3),
-        f"{rate:.1f} img/s ÷ {floor['floor_images_per_second']:.1f} = {ratio:.2f}", "≥ 0.80", ratio >= 0.8,
-        f"floor = {floor['cores']} cores ÷ {floor['median_decode_ms']:.1f} ms median draft-decode+downscale; "
-        f"best of {len(runs)} runs"))
-    result.measurements.append(cpu_measurement(best.run, count, floor))
-    if stages:
-        shown = ", ".join(f"{stage} {value:.1f}" for stage, value in stages.items())
-        result.measurements.append(Measurement("B1 stages (ms per image, wall in a worker)", None, shown,
-                                               "for the record", None))
-    else:
-        result.measurements.append(Measurement("B1 stages (ms per image)", None, "not reported", "for the record",
-                                               None, "this captiond has no `run --report` stages_ms"))
+        "B1 throughput ÷ floor (same photos, same run)", round(ratio, 3),
+        f"{ratio:.2f} (best {rate:.1f} img/s; floor best {best_floor.images_per_second:.1f} img/s)", "≥ 0.80",
+        ratio >= 0.8,
+        f"median of {len(ratios)} interleaved pairs ({', '.join(f'{value:.2f}' for value in ratios)}); floor = "
+        f"{cores} processes reading, draft-decoding, downscaling and encoding the same {count} photos"))
+    result.measurements.append(Measurement(
+        "B1 cores busy, instant model", round(max(busy), 3),
+        f"captiond {max(busy):.0%} (floor {max(floor.busy for floor in floors):.0%})", "≥ 95%", max(busy) >= 0.95,
+        "CPU of captiond and its exiftool ÷ (wall time × cores), best run; the floor's likewise"))
+    result.measurements.append(Measurement(
+        "B1 CPU per photo", round(captiond_cpu_ms, 1),
+        f"captiond {sum(captiond_stages.values()):.1f} ms (profiled) / {captiond_cpu_ms:.1f} ms (best run), "
+        f"floor {sum(floor_stages.values()):.1f} ms", "for the record", None,
+        "by stage: bench/out/results.json B1 stage_table, from a run under bench/stages.py"))
     return result
 
 

@@ -313,9 +313,14 @@ class RunResult:
 
 
 def run_captiond(arguments: Sequence[str | Path], log_path: Path, report_path: Path | None = None,
-                 timeout: float = 3600, sample_interval: float = 0.2) -> RunResult:
-    """Run `captiond run ARGS` to its end, sampling its memory; return what it did."""
+                 timeout: float = 3600, sample_interval: float = 0.2, stages_path: Path | None = None) -> RunResult:
+    """Run `captiond run ARGS` to its end, sampling its memory; return what it did.
+
+    With `stages_path`, captiond runs under bench/stages.py, which writes its CPU by stage there.
+    """
     command = [str(CAPTIOND_EXECUTABLE), "run", *map(str, arguments)]
+    if stages_path is not None:
+        command = [sys.executable, str(BENCH_DIRECTORY / "stages.py"), str(stages_path), "--", *command[1:]]
     if report_path is not None:
         report_path.unlink(missing_ok=True)
         command += ["--report", str(report_path)]

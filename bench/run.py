@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         write_json(path, mode, results, elapsed, started_at, machine_description)
     print()
     print(table(results))
+    for result in results:
+        if result.details.get("stage_table"):
+            print(f"\n{result.key}: CPU ms per photo by stage\n{result.details['stage_table']}")
     print(f"\n{mode} mode, {elapsed:.0f} s in all; JSON in {output}")
     return 1 if any(result.error for result in results) else 0
 
