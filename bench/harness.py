@@ -194,6 +194,7 @@ class MemorySampler:
         self.children_peak_kilobytes = 0  # exiftool, for the record
         self.cpu_seconds = 0.0  # the process's own CPU time at the last sample
         self.children_cpu_seconds = 0.0  # its running children's (exiftool's) CPU time at the last sample
+        self.cpu_samples: list[tuple[float, float]] = []  # (seconds since start, CPU of process and children)
         self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -224,6 +225,15 @@ class MemorySampler:
             self.cpu_seconds = own_cpu
             self.children_cpu_seconds = max(self.children_cpu_seconds,
                                             sum(cpu_seconds(child) or 0.0 for child in children))
+            self.cpu_samples.append((time.monotonic() - self._started, own_cpu + self.children_cpu_seconds))
+
+    def busy_since(self, moment: float, cores: int) -> float | None:
+        """Return the share of the cores' time the process and its children used from `moment` (seconds
+        since start) to the last sample, or None without two samples in that span."""
+        span = [sample for sample in self.cpu_samples if sample[0] >= moment]
+        if len(span) < 2 or span[-1][0] <= span[0][0]:
+            return None
+        return (span[-1][1] - span[0][1]) / ((span[-1][0] - span[0][0]) * cores)
 
     def resident_around(self, fraction: float, window: float = 0.1) -> float | None:
         """Return the median VmRSS (kB) of the samples within ±window/2 of a fraction of the run.
