@@ -254,6 +254,66 @@ class MemorySampler:
                 return
 
 
+def runnable_threads(process_id: int) -> int | None:
+    """Return how many threads of a process and its children are running or waiting for a core (state R)."""
+    count = 0
+    for owner in [process_id, *child_process_ids(process_id)]:
+        try:
+            tasks = os.listdir(f"/proc/{owner}/task")
+        except OSError:
+            if owner == process_id:
+                return None
+            continue
+        for task in tasks:
+            try:
+                text = Path(f"/proc/{owner}/task/{task}/stat").read_text()
+            except OSError:
+                continue
+            count += text.rsplit(")", 1)[1].split()[0] == "R"
+    return count
+
+
+class RunnableSampler:
+    """Counts, every `interval` seconds, the threads of a process (and its children) that could use a core.
+
+    On a shared machine, how busy the cores were depends on the other processes; whether captiond
+    had work for every core does not: a thread that is running or waiting for a core (state R) has
+    work, one waiting for the GIL, a lock, exiftool or the model does not."""
+
+    def __init__(self, process_id: int, interval: float = 0.02) -> None:
+        self.process_id = process_id
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []  # (seconds since start, runnable threads)
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="runnable-sampler", daemon=True)
+
+    def start(self) -> RunnableSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def share_with_work_for(self, cores: int, since: float) -> float | None:
+        """Return the share of samples from `since` (seconds since start) with at least `cores` runnable threads."""
+        chosen = [runnable for moment, runnable in self.samples if moment >= since]
+        return sum(runnable >= cores for runnable in chosen) / len(chosen) if chosen else None
+
+    def mean_since(self, since: float) -> float | None:
+        """Return the mean number of runnable threads from `since` (seconds since start)."""
+        chosen = [runnable for moment, runnable in self.samples if moment >= since]
+        return statistics.fmean(chosen) if chosen else None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            runnable = runnable_threads(self.process_id)
+            if runnable is None:
+                return
+            self.samples.append((time.monotonic() - self._started, runnable))
+
+
 # ---------------------------------------------------------------- CPU time
 
 @dataclass(frozen=True)
@@ -318,6 +378,7 @@ class RunResult:
     log_path: Path
     report: dict[str, Any] | None
     memory: MemorySampler
+    runnable: RunnableSampler
     cpu: CpuTimes
     others: dict[str, float]  # CPU used by other processes meanwhile (see MachineLoad)
 
@@ -341,17 +402,19 @@ def run_captiond(arguments: Sequence[str | Path], log_path: Path, report_path: P
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL,
                                    env=captiond_environment())
         sampler = MemorySampler(process.pid, sample_interval).start()
+        runnable = RunnableSampler(process.pid).start()
         try:
             stdout, _ = process.communicate(timeout=timeout)
         finally:
             sampler.stop()
+            runnable.stop()
             if process.poll() is None:
                 process.kill()
                 process.wait()
     wall = time.monotonic() - started
     report = read_json(report_path) if report_path is not None else None
     load_after = MachineLoad.now()
-    return RunResult(process.returncode, wall, stdout.decode(errors="replace"), log_path, report, sampler,
+    return RunResult(process.returncode, wall, stdout.decode(errors="replace"), log_path, report, sampler, runnable,
                      load_after.own.since(load_before.own), load_after.others_since(load_before))
 
 
