@@ -32,9 +32,11 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("captiond/pipeline.py", "run_pipeline", "pipeline (queue, threads)"),
     ("concurrent/futures/thread.py", "_worker", "pipeline (queue, threads)"),
     ("captiond/pipeline.py", "process", "decide, plan, checks"),
-    ("captiond/metadata.py", "read", "exiftool read"),
+    ("captiond/exiftool_process.py", "read", "exiftool read"),
+    ("captiond/exiftool_process.py", "apply", "exiftool write / sidecar"),
+    ("captiond/atomic.py", "", "exiftool write / sidecar"),
+    ("captiond/metadata.py", "read", "exiftool read"),  # before metadata.py was split
     ("captiond/metadata.py", "apply", "exiftool write / sidecar"),
-    ("captiond/metadata.py", "fingerprint", "decide, plan, checks"),
     ("captiond/imaging.py", "", "decode"),
     ("PIL/ImageFile.py", "load", "decode"),
     ("PIL/JpegImagePlugin.py", "load_read", "read file"),  # the decoder's next block, from the file
