@@ -268,7 +268,7 @@ def throughput(settings: Settings, folders: Folders) -> BenchmarkResult:
         result.measurements.append(Measurement(
             "B1 work ready for every core", round(statistics.median(shares), 3),
             f"{statistics.median(shares):.0%} of the time", "for the record", None,
-            f"share of moments (every 20 ms, while captioning) when captiond and its exiftool had at least {cores} "
+            f"share of moments (every 50 ms, while captioning) when captiond and its exiftool had at least {cores} "
             "threads running or waiting for a core: what keeps the cores busy when no other process wants them; "
             "median of the runs"))
     floor_cpu_ms = sum(floor_stages.values())

@@ -277,10 +277,10 @@ class RunnableSampler:
     """Counts, every `interval` seconds, the threads of a process (and its children) that could use a core.
 
     On a shared machine, how busy the cores were depends on the other processes; whether captiond
-    had work for every core does not: a thread that is running or waiting for a core (state R) has
+    had work for every core depends on it much less: a thread that is running or waiting for a core (state R) has
     work, one waiting for the GIL, a lock, exiftool or the model does not."""
 
-    def __init__(self, process_id: int, interval: float = 0.02) -> None:
+    def __init__(self, process_id: int, interval: float = 0.05) -> None:
         self.process_id = process_id
         self.interval = interval
         self.samples: list[tuple[float, int]] = []  # (seconds since start, runnable threads)
