@@ -8,10 +8,10 @@ feed `process`.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import threading
@@ -27,6 +27,7 @@ from .captions import clean_caption
 from .combined import COMBINED_SCHEMA, combined_prompt, parse_combined
 from .config import Config, ModelConfig
 from .errors import AnswerError, ChangedMeanwhile, FileError, MetadataError, ModelSetupError
+from .executor import BoundedExecutor
 from .exiftool_process import Exiftool
 from .imaging import PreparedImage, best_preview, is_raw, prepare_bytes, prepare_file
 from .labels import (
@@ -592,14 +593,12 @@ def _timed(stages: dict[str, float], stage: str) -> Iterator[None]:
 
 def run_pipeline(captioner: Captioner, paths: Iterable[Path], on_outcome: Callable[[Outcome], None],
                  gate: Callable[[threading.Event], bool] | None = None) -> None:
-    """Process paths with a bounded number of files in flight; raise ModelSetupError if the model goes away.
+    """Process paths with a bounded number of files in flight (see executor.py); raise ModelSetupError if the
+    model goes away.
 
-    Preparing the next images overlaps the model's work on the current ones: there are a few more
-    workers than the server's parallel slots, and never more than twice that many files queued.
     `gate(stop)` is called before each file and may block (quiet hours); False: stopped, skip the file.
     """
     stop = threading.Event()
-    workers = captioner.capacity + 2
     failure: list[ModelSetupError] = []
 
     def work(path: Path) -> None:
@@ -613,30 +612,24 @@ def run_pipeline(captioner: Captioner, paths: Iterable[Path], on_outcome: Callab
             failure.append(error)
             stop.set()
 
-    executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="captiond")
+    executor = BoundedExecutor(captioner.capacity)
     interrupted = False
     try:
-        pending: set[concurrent.futures.Future[None]] = set()
         for path in paths:
             if stop.is_set() or captioner.count_reached:
                 break
-            pending.add(executor.submit(work, path))
-            if len(pending) >= workers * 2:
-                done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-                _raise_unexpected(done)
-        done, _ = concurrent.futures.wait(pending)
-        _raise_unexpected(done)
+            executor.submit(functools.partial(work, path))
+            executor.wait_for_room()
+        executor.wait()
     except KeyboardInterrupt:
         # Ctrl-C: start nothing new; the caller closes the model clients, which ends requests under way.
         interrupted = True
         stop.set()
         raise
     finally:
-        executor.shutdown(wait=not interrupted, cancel_futures=interrupted)
+        if interrupted:
+            executor.stop(grace=0)
+        else:
+            executor.close()
     if failure:
         raise failure[0]
-
-
-def _raise_unexpected(done: set[concurrent.futures.Future[None]]) -> None:
-    for future in done:
-        future.result()

@@ -12,7 +12,7 @@ consumer pauses and probes it, without charging any file an attempt.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
+import functools
 import json
 import logging
 import os
@@ -25,6 +25,7 @@ from .apps import AppNotifier
 from .config import Config
 from .degradation import FIX
 from .errors import ModelSetupError
+from .executor import BoundedExecutor
 from .health import HealthServer, Metrics, SystemdNotifier
 from .ignore import IgnoreRules
 from .library import printable
@@ -86,7 +87,6 @@ class WatchService:
         self._finished: collections.deque[float] = collections.deque(maxlen=200)  # monotonic times, for the ETA
         self.apps = AppNotifier(config.daemon, self.originals, self.metrics.registry)
         self.settle = config.daemon.settle
-        self.workers = captioner.capacity + 2
         self.producers = Producers(config.daemon, self.ignore, state, self.stop, self._wake)
         # Liveness (what the systemd watchdog and /healthz report): the loops turn, the observer and the
         # producer threads live, and when files are due the queue moves. One file may take a whole request
@@ -159,8 +159,7 @@ class WatchService:
     # -- the consumer ------------------------------------------------------------------------
 
     def _consume(self) -> None:
-        in_flight: set[concurrent.futures.Future[None]] = set()
-        executor = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="captiond")
+        executor = BoundedExecutor(self.captioner.capacity, on_done=self._wake.set)
         try:
             while not self.stop.is_set():
                 self._heartbeat()
@@ -170,48 +169,35 @@ class WatchService:
                         continue
                     if self.model.self_test_passes():  # else: wait for the test (or a probe) below
                         self.model.watch_degradation()
-                        self._claim(executor, in_flight)
-                in_flight = {future for future in in_flight if not future.done()}
-                self._wake.wait(self._idle_wait(in_flight))
+                        self._claim(executor)
+                self._wake.wait(self._idle_wait(executor))
                 self._wake.clear()
         finally:
-            self._finish_in_flight(in_flight)
-            executor.shutdown(wait=False, cancel_futures=True)
+            # Writes under way finish; requests still waiting for the model are abandoned after 5 s and their
+            # rows queued again; files claimed but not started are not started. A request blocked on a server
+            # that sends nothing does not end when its connection is closed: it is left behind (`abandoned`).
+            self.abandoned = executor.stop(grace=5.0, abandon=self._abandon)
 
-    def _claim(self, executor: concurrent.futures.ThreadPoolExecutor,
-               in_flight: set[concurrent.futures.Future[None]]) -> None:
-        capacity = self.workers * 2 - len(in_flight)
-        for row in self.state.claim(capacity) if capacity > 0 else []:
-            future = executor.submit(self._handle, row)
-            future.add_done_callback(lambda _: self._wake.set())
-            in_flight.add(future)
+    def _claim(self, executor: BoundedExecutor) -> None:
+        room = executor.room
+        for row in self.state.claim(room) if room > 0 else []:
+            executor.submit(functools.partial(self._handle, row))
 
-    def _idle_wait(self, in_flight: set[concurrent.futures.Future[None]]) -> float:
+    def _idle_wait(self, executor: BoundedExecutor) -> float:
         if self.paused or self.model.testing:
             return 1.0  # quiet hours: look at the clock again in a second; a finished self-test wakes the loop
-        if in_flight:
+        if executor.busy:
             return 0.5  # a finishing file wakes the loop
         next_due = self.state.next_due()
         if next_due is None:
             return 1.0
         return min(1.0, max(0.02, next_due - time.time()))
 
-    def _finish_in_flight(self, in_flight: set[concurrent.futures.Future[None]]) -> None:
-        """Let writes under way finish; requests still waiting for the model are abandoned and queued again.
-
-        Files claimed but not started are not started. A request blocked on a server that sends nothing
-        does not end when its connection is closed; it is left behind (`abandoned`), its row queued again.
-        """
-        for future in in_flight:
-            future.cancel()
-        _, waiting = concurrent.futures.wait(in_flight, timeout=5)
-        if not waiting:
-            return
-        log.info("stopping: abandoning %d requests to the model (they stay queued)", len(waiting))
+    def _abandon(self, waiting: int) -> None:
+        """Close the model clients under requests that did not end within the grace time (they stay queued)."""
+        log.info("stopping: abandoning %d requests to the model (they stay queued)", waiting)
         for client in self.clients:
             client.close()
-        _, left = concurrent.futures.wait(waiting, timeout=5)
-        self.abandoned = len(left)
 
     def _handle(self, row: FileState) -> None:
         """Process one claimed row; nothing a file or an answer does escapes (the daemon must not exit)."""
