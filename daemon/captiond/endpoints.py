@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from .backoff import Backoff
 from .config import Endpoint
 from .errors import AllEndpointsDown
 
@@ -54,8 +55,8 @@ class EndpointPool:
         self.states = [EndpointState(endpoint, endpoint.parallel or default_parallel) for endpoint in endpoints]
         # A server that refused a connection stays aside at least a second, so that requests are not
         # spent on it while another endpoint answers (a lone endpoint is never set aside: nothing to prefer).
-        self.first_delay = max(first_delay, 1.0)
-        self.max_delay = max(max_delay, self.first_delay)
+        first = max(first_delay, 1.0)
+        self.set_aside = Backoff(first, max(max_delay, first))
         self._condition = threading.Condition()
 
     @property
@@ -102,8 +103,7 @@ class EndpointPool:
             if not set_aside or len(self.states) == 1:
                 return
             state.failures += 1
-            pause = delay if delay is not None else min(self.max_delay,
-                                                        self.first_delay * 2 ** (state.failures - 1))
+            pause = delay if delay is not None else self.set_aside.delay(state.failures - 1)
             state.down_until = time.monotonic() + pause
             if len(self.states) > 1:
                 log.warning("%s: %s; setting it aside for %.1fs", state.name, reason, pause)

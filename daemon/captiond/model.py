@@ -22,7 +22,6 @@ import dataclasses
 import email.utils
 import json
 import logging
-import random
 import re
 import threading
 import time
@@ -35,6 +34,7 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from . import transport
+from .backoff import Backoff
 from .config import DaemonConfig, Endpoint, ModelConfig, RetryPolicy, Think
 from .endpoints import EndpointPool, EndpointState
 from .errors import (
@@ -588,8 +588,7 @@ class _Backoff:
         if retry_after is not None:
             # The server's word is the minimum wait; only the whole retry budget bounds it.
             return float(min(retry_after, self.policy.total))
-        ceiling = min(self.policy.max_delay, self.policy.delay * 2 ** (state.attempt_number - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        return Backoff(self.policy.delay, self.policy.max_delay, (0.5, 1.0)).delay(state.attempt_number - 1)
 
 
 @contextmanager

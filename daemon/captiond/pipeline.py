@@ -106,6 +106,11 @@ class Outcome:
     cached: bool = False  # the answer came from the result cache: no model call
 
     @property
+    def failed(self) -> bool:
+        """Return whether the file failed (the labels may have failed after the caption was written)."""
+        return self.status == Status.FAILED
+
+    @property
     def written(self) -> bool:
         """Return whether a caption or keywords were written (also when the labels failed after the caption)."""
         return self.status == Status.CAPTIONED or (self.status == Status.FAILED and bool(self.caption))

@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import os
-import random
 import threading
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from .model import ModelClient
 from .pipeline import Captioner, Outcome, Status, describe_outcome
 from .producers import Producers, one_line
 from .schedule import QuietHours
-from .state import FileState, RowState, Stat, StateStore
+from .state import FileState, Requeue, RowState, Stat, StateStore, requeue_backoff, transition
 from .statuspage import Caption, PageData, render
 from .supervisor import ModelSupervisor
 
@@ -50,9 +49,7 @@ def keep_alive_for(setting: str | float, work_waiting: bool) -> str | float:
     if setting != "auto":
         return setting
     return KEEP_LOADED if work_waiting else RELEASE_AFTER
-CRASHES_BEFORE_QUARANTINE = 2
-UNEXPECTED_BEFORE_QUARANTINE = 3  # attempts that end in an error no check foresaw (a defect of ours)
-MAX_REQUEUE_DELAY = 3600.0
+
 STALL_AFTER = 600.0  # the least time without a finished file, while files are due, before the daemon counts as stuck
 
 
@@ -87,6 +84,7 @@ class WatchService:
         self._finished: collections.deque[float] = collections.deque(maxlen=200)  # monotonic times, for the ETA
         self.apps = AppNotifier(config.daemon, self.originals, self.metrics.registry)
         self.settle = config.daemon.settle
+        self.requeue = requeue_backoff(config.daemon.retry.max_delay)  # a file's tries go on forever, slower
         self.producers = Producers(config.daemon, self.ignore, state, self.stop, self._wake)
         # Liveness (what the systemd watchdog and /healthz report): the loops turn, the observer and the
         # producer threads live, and when files are due the queue moves. One file may take a whole request
@@ -232,7 +230,7 @@ class WatchService:
             self.state.retry_later(path, str(error), delay=0, count_attempt=False)
             self.model.unavailable(error)
             return
-        if self.stop.is_set() and outcome.status == Status.FAILED and outcome.transient:
+        if self.stop.is_set() and outcome.failed and outcome.transient:
             # The request was abandoned at shutdown (its connection closed under it): that costs no attempt
             # and leaves the reason it had; run() puts the row back in the queue unchanged.
             log.debug("abandoned %s at shutdown: %s", self._relative(path), outcome.reason)
@@ -243,40 +241,30 @@ class WatchService:
         self._moved()
         self.model.answered()
         self.metrics.files.labels(outcome.status).inc()
-        if outcome.status != Status.FAILED or not outcome.transient:
+        if not outcome.failed or not outcome.transient:
             self.metrics.model_up.set(1)
         name = self._relative(row.path)
         if outcome.written:
             self.apps.written(row.path, outcome.created_sidecar)
-        if outcome.status != Status.FAILED:
-            final_stat = Stat.of(row.path) if outcome.wrote_original else stat
-            self.state.finish(row.path, RowState.DONE, final_stat, outcome.reason)
-            if outcome.status == Status.CAPTIONED:
-                log.info("%s", describe_outcome(name, outcome))
-                self._finished.append(time.monotonic())
-                if outcome.caption:
-                    self._captions.appendleft(Caption(row.path, name, outcome.caption,
-                                                      self.captioner.source("caption"), time.time()))
+        step = transition(row, outcome, self.requeue)
+        if isinstance(step, Requeue):
+            self.state.retry_later(row.path, step.reason, step.delay, crashed=step.crashed)
+            self.metrics.retries.inc()
+            log.warning("will retry %s in %.0fs: %s", name, step.delay, step.reason)
             return
-        if not outcome.transient:
-            self.state.finish(row.path, RowState.FAILED, stat, outcome.reason)
+        final_stat = Stat.of(row.path) if step.state == RowState.DONE and outcome.wrote_original else stat
+        self.state.finish(row.path, step.state, final_stat, step.reason, crashed=step.crashed)
+        if step.state == RowState.QUARANTINED:
+            log.error("quarantined %s: %s", name, f"it crashed the model server twice ({outcome.reason})"
+                      if step.crashed else outcome.reason)
+        elif step.state != RowState.DONE:
             log.error("failed %s: %s", name, outcome.reason)
-            return
-        if outcome.unexpected and row.attempts + 1 >= UNEXPECTED_BEFORE_QUARANTINE:
-            self.state.finish(row.path, RowState.QUARANTINED, stat, f"failed {UNEXPECTED_BEFORE_QUARANTINE} times: "
-                              f"{outcome.reason}")
-            log.error("quarantined %s: %s", name, outcome.reason)
-            return
-        if outcome.crashed and row.crashes + 1 >= CRASHES_BEFORE_QUARANTINE:
-            self.state.finish(row.path, RowState.QUARANTINED, stat, f"crashed the model server twice: {outcome.reason}",
-                              crashed=True)
-            log.error("quarantined %s: it crashed the model server twice (%s)", name, outcome.reason)
-            return
-        delay = min(MAX_REQUEUE_DELAY, self.config.daemon.retry.max_delay * 2 ** row.attempts)
-        delay *= random.uniform(0.8, 1.2)
-        self.state.retry_later(row.path, outcome.reason, delay, crashed=outcome.crashed)
-        self.metrics.retries.inc()
-        log.warning("will retry %s in %.0fs: %s", name, delay, outcome.reason)
+        elif outcome.status == Status.CAPTIONED:
+            log.info("%s", describe_outcome(name, outcome))
+            self._finished.append(time.monotonic())
+            if outcome.caption:
+                self._captions.appendleft(Caption(row.path, name, outcome.caption,
+                                                  self.captioner.source("caption"), time.time()))
 
     def _keep_alive(self) -> str | float:
         """Ollama's keep_alive for the next request: loaded while other files wait, released soon after (auto)."""

@@ -7,6 +7,7 @@
 
 A row remembers the file's size and mtime when it was finished, so a rescan of an unchanged
 library costs one stat and one lookup per file. Paths are stored as bytes (any file name works).
+Where a processed row goes is decided by `transition`, a pure function of the row and the outcome.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -23,8 +25,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from .backoff import Backoff, Uniform
 from .errors import StateError
 from .redaction import redact
 
@@ -43,6 +46,9 @@ class RowState(StrEnum):
 
 
 DATABASE_NAME = "captiond.db"
+CRASHES_BEFORE_QUARANTINE = 2
+UNEXPECTED_BEFORE_QUARANTINE = 3  # attempts that end in an error no check foresaw (a defect of ours)
+REQUEUE_MAX_DELAY = 3600.0  # the longest a file waits between the daemon's tries (they go on forever)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -79,6 +85,71 @@ class FileState:
     next_try: float = 0.0
     updated: float = 0.0
     changed: bool = False  # the photo changed after it was done: our own caption is renewed
+
+
+class Result(Protocol):
+    """What processing a file ended in (pipeline.Outcome), as far as the queue cares."""
+
+    @property
+    def failed(self) -> bool:
+        """Whether the file failed (else it is done: captioned or rightly skipped)."""
+
+    @property
+    def reason(self) -> str:
+        """Why, in one line."""
+
+    @property
+    def transient(self) -> bool:
+        """Whether trying again later may succeed."""
+
+    @property
+    def crashed(self) -> bool:
+        """Whether the file crashed the model server."""
+
+    @property
+    def unexpected(self) -> bool:
+        """Whether an error no check foresaw ended it (a defect of ours)."""
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The row is finished: done, failed or quarantined (looked at again only when the file changes)."""
+
+    state: RowState
+    reason: str
+    crashed: bool = False
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """The row goes back to the queue, due after `delay` seconds, with one more attempt counted."""
+
+    delay: float
+    reason: str
+    crashed: bool = False
+
+
+def requeue_backoff(first_delay: float) -> Backoff:
+    """Return the daemon's requeue delays: from `first_delay` (Retry.MaxDelay) doubling to an hour, jittered ±20%."""
+    return Backoff(first_delay, REQUEUE_MAX_DELAY, (0.8, 1.2))
+
+
+def transition(row: FileState, result: Result, requeue: Backoff,
+               uniform: Uniform = random.uniform) -> Finish | Requeue:
+    """Return where a processed row goes: finished (done, failed, quarantined) or back to the queue after a delay.
+
+    A transient failure is tried again for as long as it takes, with growing delays, except a file that
+    crashed the model server twice, or failed three times with an error no check foresaw: quarantined.
+    """
+    if not result.failed:
+        return Finish(RowState.DONE, result.reason)
+    if not result.transient:
+        return Finish(RowState.FAILED, result.reason)
+    if result.unexpected and row.attempts + 1 >= UNEXPECTED_BEFORE_QUARANTINE:
+        return Finish(RowState.QUARANTINED, f"failed {UNEXPECTED_BEFORE_QUARANTINE} times: {result.reason}")
+    if result.crashed and row.crashes + 1 >= CRASHES_BEFORE_QUARANTINE:
+        return Finish(RowState.QUARANTINED, f"crashed the model server twice: {result.reason}", crashed=True)
+    return Requeue(requeue.delay(row.attempts, uniform), result.reason, result.crashed)
 
 
 @dataclass(frozen=True)

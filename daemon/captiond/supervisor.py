@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from .backoff import Backoff
 from .config import Config
 from .degradation import LOAD_SECONDS, Cadence, DegradationMonitor
 from .errors import ModelSetupError, ServerUnreachable
@@ -29,7 +30,7 @@ PS_INTERVAL = 60.0  # /api/ps is asked at most once a minute per endpoint
 RETEST_AFTER_LOAD = 600.0  # a model load triggers the self-test at most this often
 COMMAND_TIMEOUT = 600.0  # Daemon.OnDegraded is killed after this long
 SERVER_BACK_TIMEOUT = 600.0  # how long to wait for the server after Daemon.OnDegraded
-PROBE_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+PROBES = Backoff(2.0, 60.0)  # checks of a server that is away: 2 s doubling to a minute
 
 
 class ModelSupervisor:
@@ -84,7 +85,7 @@ class ModelSupervisor:
 
     def probe(self) -> bool:
         """Wait a growing delay, then check the model again; return whether it is back."""
-        delay = PROBE_DELAYS[min(self._model_failures, len(PROBE_DELAYS) - 1)]
+        delay = PROBES.delay(self._model_failures)
         self._model_failures += 1
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline:
@@ -150,7 +151,7 @@ class ModelSupervisor:
                 break
             except ModelSetupError as error:
                 log.info("waiting for the model server after Daemon.OnDegraded: %s", error)
-            self.stop.wait(PROBE_DELAYS[min(attempt, len(PROBE_DELAYS) - 1)])
+            self.stop.wait(PROBES.delay(attempt))
             attempt += 1
         for endpoint in endpoints:
             self.monitor.reset(endpoint)
