@@ -11,37 +11,30 @@ consumer pauses and probes it, without charging any file an attempt.
 
 from __future__ import annotations
 
-import collections
 import functools
-import json
 import logging
-import os
 import threading
 import time
-from pathlib import Path
 
 from .apps import AppNotifier
 from .config import Config
-from .degradation import FIX
 from .errors import ModelSetupError
 from .executor import BoundedExecutor
-from .health import HealthServer, Metrics, SystemdNotifier
+from .health import Metrics, SystemdNotifier
 from .ignore import IgnoreRules
-from .library import printable
 from .model import ModelClient
 from .pipeline import Captioner, Outcome, Status, describe_outcome
 from .producers import Producers, one_line
 from .schedule import QuietHours
 from .state import FileState, Requeue, RowState, Stat, StateStore, requeue_backoff, transition
-from .statuspage import Caption, PageData, render
+from .status import RUNTIME_FILE as RUNTIME_FILE  # `captiond status` reads it
+from .status import DaemonStatus
 from .supervisor import ModelSupervisor
 
 log = logging.getLogger(__name__)
 
 KEEP_LOADED = "1h"  # auto keep_alive while more photos wait (refreshed by every request)
 RELEASE_AFTER = "1m"  # auto keep_alive of the last request before the queue is empty
-RUNTIME_FILE = "runtime.json"  # what the running daemon knows, for `captiond status`
-RECENT_CAPTIONS = 12  # on the status page
 
 
 def keep_alive_for(setting: str | float, work_waiting: bool) -> str | float:
@@ -49,8 +42,6 @@ def keep_alive_for(setting: str | float, work_waiting: bool) -> str | float:
     if setting != "auto":
         return setting
     return KEEP_LOADED if work_waiting else RELEASE_AFTER
-
-STALL_AFTER = 600.0  # the least time without a finished file, while files are due, before the daemon counts as stuck
 
 
 class WatchService:
@@ -74,26 +65,18 @@ class WatchService:
         self._paused = ""
         self.stop = threading.Event()
         self._wake = threading.Event()
-        self.model = ModelSupervisor(config, clients, self.metrics, self.stop, self._wake, heartbeat=self._heartbeat)
+        self.model = ModelSupervisor(config, clients, self.metrics, self.stop, self._wake,
+                                     heartbeat=lambda: self.status.heartbeat())
         self.monitor = self.model.monitor
-        self._runtime_written, self._runtime_at = "", 0.0
         for client in clients:
             client.keep_alive = self._keep_alive
             client.on_figures = self.model.on_figures
-        self._captions: collections.deque[Caption] = collections.deque(maxlen=RECENT_CAPTIONS)
-        self._finished: collections.deque[float] = collections.deque(maxlen=200)  # monotonic times, for the ETA
         self.apps = AppNotifier(config.daemon, self.originals, self.metrics.registry)
         self.settle = config.daemon.settle
         self.requeue = requeue_backoff(config.daemon.retry.max_delay)  # a file's tries go on forever, slower
         self.producers = Producers(config.daemon, self.ignore, state, self.stop, self._wake)
-        # Liveness (what the systemd watchdog and /healthz report): the loops turn, the observer and the
-        # producer threads live, and when files are due the queue moves. One file may take a whole request
-        # deadline plus its retries, so "stuck" means no file finished for well over that.
-        self.stall_after = stall_after if stall_after is not None else max(
-            STALL_AFTER, 2 * (config.daemon.timeout + config.daemon.retry.total))
-        self._last_progress = time.monotonic()
-        self._last_notify = 0.0
-        self._not_alive_reason = ""
+        self.status = DaemonStatus(config, state, clients, self.metrics, self.notifier, self.model, self.producers,
+                                   lambda: self.paused, stall_after)
         self.abandoned = 0  # requests still blocked when the daemon stopped
 
     # -- the whole daemon --------------------------------------------------------------------
@@ -103,7 +86,7 @@ class WatchService:
         recovered = self.state.recover()
         if recovered:
             log.info("%d files were being processed when the daemon stopped; they are queued again", recovered)
-        health = self._start_health_server()
+        health = self.status.start_health_server()
         self.producers.start()
         if not self.model.error:
             self.metrics.model_up.set(1)
@@ -143,16 +126,11 @@ class WatchService:
 
     def healthy(self) -> tuple[bool, str]:
         """Return whether the daemon works (alive, model reachable) and why not."""
-        reason = self.liveness()
-        if reason:
-            return False, reason
-        if self.model.error:
-            return False, f"model server: {self.model.error}"
-        degraded = self.monitor.degraded()
-        if degraded:
-            reasons = "; ".join(f"{endpoint}: {reason}" for endpoint, reason in degraded.items())
-            return False, f"degraded: {reasons}. Fix: {FIX}"
-        return True, self._status_line()
+        return self.status.healthy()
+
+    def liveness(self) -> str:
+        """Return why the daemon is not alive, or "" when it is (see DaemonStatus.liveness)."""
+        return self.status.liveness()
 
     # -- the consumer ------------------------------------------------------------------------
 
@@ -160,7 +138,7 @@ class WatchService:
         executor = BoundedExecutor(self.captioner.capacity, on_done=self._wake.set)
         try:
             while not self.stop.is_set():
-                self._heartbeat()
+                self.status.heartbeat()
                 self._paused = self.quiet.paused_until()  # quiet hours: no request at all, not even a probe
                 if not self._paused:
                     if self.model.error and not self.model.probe():
@@ -203,16 +181,16 @@ class WatchService:
             self._process_row(row)
         except Exception as error:  # noqa: BLE001
             reason = f"unexpected error: {one_line(error)}"
-            log.error("%s: %s; will try again later", self._relative(row.path), reason)
+            log.error("%s: %s; will try again later", self.status.relative(row.path), reason)
             try:
                 self._record(row, Outcome(row.path, Status.FAILED, reason, transient=True, unexpected=True),
                              Stat.of(row.path) or Stat(row.size, row.mtime_ns))
             except Exception as second:  # noqa: BLE001 - the row stays running: recovered at the next start
-                log.error("%s: cannot record the failure either: %s", self._relative(row.path), one_line(second))
+                log.error("%s: cannot record the failure either: %s", self.status.relative(row.path), one_line(second))
 
     def _process_row(self, row: FileState) -> None:
         path = row.path
-        self._moved()
+        self.status.moved()
         stat = None if self.ignore.ignored(path) else Stat.of(path)  # .ppignore may have changed since queued
         if stat is None:
             self.state.forget([path])
@@ -233,17 +211,17 @@ class WatchService:
         if self.stop.is_set() and outcome.failed and outcome.transient:
             # The request was abandoned at shutdown (its connection closed under it): that costs no attempt
             # and leaves the reason it had; run() puts the row back in the queue unchanged.
-            log.debug("abandoned %s at shutdown: %s", self._relative(path), outcome.reason)
+            log.debug("abandoned %s at shutdown: %s", self.status.relative(path), outcome.reason)
             return
         self._record(row, outcome, stat)
 
     def _record(self, row: FileState, outcome: Outcome, stat: Stat) -> None:
-        self._moved()
+        self.status.moved()
         self.model.answered()
         self.metrics.files.labels(outcome.status).inc()
         if not outcome.failed or not outcome.transient:
             self.metrics.model_up.set(1)
-        name = self._relative(row.path)
+        name = self.status.relative(row.path)
         if outcome.written:
             self.apps.written(row.path, outcome.created_sidecar)
         step = transition(row, outcome, self.requeue)
@@ -261,10 +239,7 @@ class WatchService:
             log.error("failed %s: %s", name, outcome.reason)
         elif outcome.status == Status.CAPTIONED:
             log.info("%s", describe_outcome(name, outcome))
-            self._finished.append(time.monotonic())
-            if outcome.caption:
-                self._captions.appendleft(Caption(row.path, name, outcome.caption,
-                                                  self.captioner.source("caption"), time.time()))
+            self.status.captioned(row.path, outcome.caption, self.captioner.source("caption"))
 
     def _keep_alive(self) -> str | float:
         """Ollama's keep_alive for the next request: loaded while other files wait, released soon after (auto)."""
@@ -272,115 +247,3 @@ class WatchService:
             return self.config.daemon.keep_alive
         counts = self.state.counts()
         return keep_alive_for("auto", counts[RowState.PENDING] + counts[RowState.RUNNING] > 1)
-
-    # -- health ------------------------------------------------------------------------------
-
-    def _heartbeat(self) -> None:
-        """Once a second at most: update the queue gauge and, under systemd, pet the watchdog while alive."""
-        now = time.monotonic()
-        if now - self._last_notify < min(1.0, self.notifier.watchdog_interval or 1.0):
-            return
-        self._last_notify = now
-        counts = self.state.counts()
-        self.metrics.queue.set(counts[RowState.PENDING] + counts[RowState.RUNNING])
-        self._write_runtime()
-        if self.notifier.watchdog_interval is None and not self.notifier.address:
-            return
-        reason = self.liveness(counts)
-        if reason:
-            if not self._not_alive_reason:
-                log.error("not alive: %s; %s", reason, "systemd's watchdog will restart the daemon"
-                          if self.notifier.watchdog_interval else "stopped telling systemd so")
-            self._not_alive_reason = reason
-            return
-        self._not_alive_reason = ""
-        status = (f"waiting for the model server: {self.model.error}" if self.model.error
-                  else self._status_line(counts))
-        self.notifier.send(f"WATCHDOG=1\nSTATUS={status}" if self.notifier.watchdog_interval else f"STATUS={status}")
-
-    def liveness(self, counts: dict[RowState, int] | None = None) -> str:
-        """Return why the daemon is not alive, or "" when it is.
-
-        Alive: the filesystem observer and the producer threads live, the event loop turns, and when any
-        file is due (or being processed) some file finished within `stall_after`. A file waiting in a
-        long retry backoff is not due: a daemon with nothing due is idle, not stuck. While the model
-        server is away the consumer probes it instead (the probe loop turns), which is alive too.
-        """
-        now = time.monotonic()
-        problem = self.producers.problem(self.stall_after)
-        if problem:
-            return problem
-        if self.model.error or self.paused:
-            self._last_progress = now  # paused, not stuck: the stall clock starts again when it resumes
-            return ""
-        counts = counts or self.state.counts()
-        next_due = self.state.next_due()
-        busy = counts[RowState.RUNNING] > 0 or (next_due is not None and next_due <= time.time())
-        if not busy:
-            self._last_progress = now  # the stall clock starts when work becomes due
-            return ""
-        if now - self._last_progress > self.stall_after:
-            return f"files are due but none has moved for {now - self._last_progress:.0f}s"
-        return ""
-
-    def _moved(self) -> None:
-        self._last_progress = time.monotonic()
-
-    def status_page(self) -> bytes:
-        """Return the HTML status page (counts, ETA, endpoints, quiet hours, latest captions and failures)."""
-        counts = self.state.counts()
-        queued = counts[RowState.PENDING] + counts[RowState.RUNNING]
-        speeds = {str(item["endpoint"]): item for item in self.monitor.figures()}
-        pools = {id(client.pool): client for client in self.clients}.values()
-        endpoints = [{**figures, **speeds.get(str(figures["endpoint"]), {})}
-                     for client in pools for figures in client.figures()]
-        failures = [(self._relative(row.path), row.state, row.last_error) for row in self.state.recent_failures(10)]
-        schedule = self.config.daemon.schedule
-        return render(PageData(counts, queued, self._eta(queued), self.paused, self.model.error, endpoints,
-                               list(self._captions), failures, time.time(), schedule.text if schedule else "",
-                               self.monitor.degraded()))
-
-    def _eta(self, queued: int) -> float | None:
-        """Return seconds until the queue is done at the pace of the latest captions (None: not known yet)."""
-        finished = list(self._finished)
-        if len(finished) < 2 or finished[-1] <= finished[0]:
-            return None
-        per_second = (len(finished) - 1) / (finished[-1] - finished[0])
-        return queued / per_second
-
-    def _write_runtime(self) -> None:
-        """Write what only the running daemon knows (pause, degradation, speeds) for `captiond status`."""
-        document = {"pid": os.getpid(), "paused": self.paused, "model_error": self.model.error,
-                    "degraded": self.monitor.degraded(), "endpoints": self.monitor.figures()}
-        text = json.dumps(document, sort_keys=True)
-        if text == self._runtime_written and time.monotonic() - self._runtime_at < 30:
-            return
-        path = self.config.daemon.state_dir / RUNTIME_FILE
-        try:
-            temporary = path.with_name(f".{RUNTIME_FILE}.tmp")
-            temporary.write_text(json.dumps({**document, "updated": time.time()}))
-            os.replace(temporary, path)
-            self._runtime_written, self._runtime_at = text, time.monotonic()
-        except OSError as exc:
-            log.debug("cannot write %s: %s", path, exc)
-
-    def _status_line(self, counts: dict[RowState, int] | None = None) -> str:
-        counts = counts or self.state.counts()
-        paused = f"{self.paused}; " if self.paused else ""
-        return (f"{paused}{counts[RowState.DONE]} done, {counts[RowState.PENDING] + counts[RowState.RUNNING]} queued, "
-                f"{counts[RowState.FAILED]} failed, "
-                f"{counts[RowState.QUARANTINED]} quarantined")
-
-    def _start_health_server(self) -> HealthServer | None:
-        if not self.config.daemon.listen:
-            return None
-        server = HealthServer(self.config.daemon.listen, self.metrics, self.healthy, self.status_page)
-        server.start()
-        log.info("serving /healthz and /metrics on http://%s (status page at /)", server.address)
-        return server
-
-    def _relative(self, path: Path) -> str:
-        try:
-            return printable(path.relative_to(self.originals).as_posix())
-        except ValueError:
-            return printable(str(path))
