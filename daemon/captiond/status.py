@@ -7,6 +7,7 @@ import collections
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,7 @@ class DaemonStatus:
         self.producers = producers
         self.paused = paused  # quiet hours, or Daemon.OnDegraded running
         self._runtime_written, self._runtime_at = "", 0.0
+        self._lock = threading.Lock()  # the progress workers report, read by the consumer and the health thread
         self._captions: collections.deque[Caption] = collections.deque(maxlen=RECENT_CAPTIONS)
         self._finished: collections.deque[float] = collections.deque(maxlen=200)  # monotonic times, for the ETA
         # Liveness (what the systemd watchdog and /healthz report): the loops turn, the observer and the
@@ -106,27 +108,35 @@ class DaemonStatus:
         if problem:
             return problem
         if self.model.error or self.paused():
-            self._last_progress = now  # paused, not stuck: the stall clock starts again when it resumes
+            self._restart_stall_clock(now)  # paused, not stuck: the stall clock starts again when it resumes
             return ""
         counts = counts or self.state.counts()
         next_due = self.state.next_due()
         busy = counts[RowState.RUNNING] > 0 or (next_due is not None and next_due <= time.time())
         if not busy:
-            self._last_progress = now  # the stall clock starts when work becomes due
+            self._restart_stall_clock(now)  # the stall clock starts when work becomes due
             return ""
-        if now - self._last_progress > self.stall_after:
-            return f"files are due but none has moved for {now - self._last_progress:.0f}s"
+        with self._lock:
+            still = now - self._last_progress
+        if still > self.stall_after:
+            return f"files are due but none has moved for {still:.0f}s"
         return ""
+
+    def _restart_stall_clock(self, now: float) -> None:
+        with self._lock:
+            self._last_progress = max(self._last_progress, now)
 
     def moved(self) -> None:
         """A file moved on (taken up or finished): the stall clock starts again."""
-        self._last_progress = time.monotonic()
+        self._restart_stall_clock(time.monotonic())
 
     def captioned(self, path: Path, caption: str, source: str) -> None:
         """Count a captioned file for the ETA, and show its caption (if any) on the page."""
-        self._finished.append(time.monotonic())
-        if caption:
-            self._captions.appendleft(Caption(path, self.relative(path), caption, source, time.time()))
+        shown = Caption(path, self.relative(path), caption, source, time.time())
+        with self._lock:
+            self._finished.append(time.monotonic())
+            if caption:
+                self._captions.appendleft(shown)
 
     def status_page(self) -> bytes:
         """Return the HTML status page (counts, ETA, endpoints, quiet hours, latest captions and failures)."""
@@ -138,8 +148,10 @@ class DaemonStatus:
                      for client in pools for figures in client.figures()]
         failures = [(self.relative(row.path), row.state, row.last_error) for row in self.state.recent_failures(10)]
         schedule = self.config.daemon.schedule
+        with self._lock:
+            captions = list(self._captions)
         return render(PageData(counts, queued, self._eta(queued), self.paused(), self.model.error, endpoints,
-                               list(self._captions), failures, time.time(), schedule.text if schedule else "",
+                               captions, failures, time.time(), schedule.text if schedule else "",
                                self.monitor.degraded()))
 
     def start_health_server(self) -> HealthServer | None:
@@ -160,7 +172,8 @@ class DaemonStatus:
 
     def _eta(self, queued: int) -> float | None:
         """Return seconds until the queue is done at the pace of the latest captions (None: not known yet)."""
-        finished = list(self._finished)
+        with self._lock:
+            finished = list(self._finished)
         if len(finished) < 2 or finished[-1] <= finished[0]:
             return None
         per_second = (len(finished) - 1) / (finished[-1] - finished[0])

@@ -1,7 +1,7 @@
 """What the daemon knows of its model servers: reachable or not (probed while not), the self-test, degradation.
 
-The consumer asks `available()` before claiming files; workers report what the server did
-(`unavailable`, `answered`), and the health thread reads `error`.
+One owner, one lock: workers report what the server did (`unavailable`, `answered`, `on_figures`),
+the consumer probes, tests and claims only while `error` is empty, and the health thread reads.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ class ModelSupervisor:
         self.stop = stop
         self._wake = wake  # set when a self-test ends: the consumer looks again at once
         self.heartbeat = heartbeat  # pets systemd's watchdog while a probe, a test or a command waits
-        self.paused = ""  # while Daemon.OnDegraded runs
-        self.error = ""
+        self._lock = threading.Lock()  # workers, the consumer and the health thread all come here
+        self._paused = ""  # while Daemon.OnDegraded runs
+        self._error = ""
         self._model_failures = 0
         self._next_self_test = 0.0  # monotonic time; due at start
         self._self_test: concurrent.futures.Future[bool] | None = None
@@ -58,9 +59,22 @@ class ModelSupervisor:
         self._answered_since_poll = False
 
     @property
+    def error(self) -> str:
+        """Return why the model server cannot be used ("" while it can): the consumer pauses meanwhile."""
+        with self._lock:
+            return self._error
+
+    @property
+    def paused(self) -> str:
+        """Return "paused: running Daemon.OnDegraded" while it runs, else ""."""
+        with self._lock:
+            return self._paused
+
+    @property
     def testing(self) -> bool:
         """Return whether a self-test is under way."""
-        return self._self_test is not None
+        with self._lock:
+            return self._self_test is not None
 
     def shutdown(self) -> None:
         """Abandon a self-test under way."""
@@ -68,25 +82,29 @@ class ModelSupervisor:
 
     def answered(self) -> None:
         """A file was finished with the server's answer (or its fault): the server works; probe delays start again."""
-        self._model_failures, self.error = 0, ""
+        with self._lock:
+            self._model_failures, self._error = 0, ""
 
     def unavailable(self, error: ModelSetupError) -> None:
         """Pause the consumer until the model server answers again (probed with growing delays)."""
-        if not self.error:
+        with self._lock:
+            was_up = not self._error
+            self._error = str(error)
+            self._next_self_test = 0.0  # the server may be restarted or upgraded: test again before resuming
+        if was_up:
             log.error("%s; pausing until it answers again", error)
             if isinstance(error, ServerUnreachable):
                 hint = blocked_address_hint((endpoint.uri for client in self.clients
                                              for endpoint in client.model.service.all_endpoints()), os.environ)
                 if hint:
                     log.warning("%s", hint)
-        self.error = str(error)
-        self._next_self_test = 0.0  # the server may be restarted or upgraded: test again before resuming
         self.metrics.model_up.set(0)
 
     def probe(self) -> bool:
         """Wait a growing delay, then check the model again; return whether it is back."""
-        delay = PROBES.delay(self._model_failures)
-        self._model_failures += 1
+        with self._lock:
+            delay = PROBES.delay(self._model_failures)
+            self._model_failures += 1
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline:
             self.heartbeat()  # the probe loop turns: keep telling systemd so
@@ -96,11 +114,11 @@ class ModelSupervisor:
             for client in self.clients:
                 client.check(retry=False)
         except ModelSetupError as error:
-            self.error = str(error)
+            self._set_error(str(error))
             log.warning("model server still unavailable: %s", error)
             return False
         passed = self.self_test_passes()
-        if not passed and self._self_test is not None:  # started just now: its answer decides
+        if not passed and self.testing:  # started just now: its answer decides
             self._await_self_test()
             passed = self.self_test_passes()
         if not passed:
@@ -108,15 +126,22 @@ class ModelSupervisor:
         log.info("the model server answers again: resuming")
         # The delays grow on until a photo is done: a setup problem the check cannot see (a context too
         # small for the image) pauses the daemon again at once, and must not be probed every two seconds.
-        self.error = ""
+        self._set_error("")
         self.metrics.model_up.set(1)
         return True
+
+    def _set_error(self, error: str) -> None:
+        with self._lock:
+            self._error = error
 
     def watch_degradation(self) -> None:
         """Ask /api/ps at most once a minute; run Daemon.OnDegraded (at most once per interval) when degraded."""
         clients = {(id(client.pool), client.model.model_id): client for client in self.clients}.values()
-        if self._answered_since_poll and self._polls.due("ps"):  # the model is loaded only once it answered
-            self._answered_since_poll = False
+        with self._lock:
+            poll = self._answered_since_poll and self._polls.due("ps")
+            if poll:
+                self._answered_since_poll = False
+        if poll:  # the model is loaded only once it answered
             for client in clients:
                 for endpoint, loaded in client.loaded_models():
                     self.monitor.observe_loaded(endpoint, client.model.model_id, loaded)
@@ -126,19 +151,23 @@ class ModelSupervisor:
 
     def on_figures(self, endpoint: str, answer: Answer) -> None:
         """Take one answer's figures (speed, load time): degradation, and a self-test after a reload."""
-        self._answered_since_poll = True
         self.monitor.observe(endpoint, answer.seconds, answer.figures)
         reloaded = answer.figures.get("load_duration", 0.0) / 1e9 >= LOAD_SECONDS
-        testing = self._self_test is not None  # the self-test's own answer may well report the load
-        if reloaded and not testing and self.config.daemon.self_test and self._retests.due("reload"):
+        with self._lock:
+            self._answered_since_poll = True
+            testing = self._self_test is not None  # the self-test's own answer may well report the load
+            retest = reloaded and not testing and self.config.daemon.self_test and self._retests.due("reload")
+            if retest:
+                self._next_self_test = 0.0
+        if retest:
             # The model was loaded again: perhaps by a restarted or upgraded server. Does it still see?
             log.info("%s loaded the model again: running the self-test", endpoint)
-            self._next_self_test = 0.0
 
     def _run_on_degraded(self, endpoints: list[str]) -> None:
         """Run the user's command (no shell), pausing requests, then wait for the server to answer again."""
         command = list(self.config.daemon.on_degraded)
-        self.paused = "paused: running Daemon.OnDegraded"
+        with self._lock:
+            self._paused = "paused: running Daemon.OnDegraded"
         log.warning("running Daemon.OnDegraded %s for %s", command, ", ".join(endpoints))
         self._run_command(command)
         deadline = time.monotonic() + SERVER_BACK_TIMEOUT
@@ -155,8 +184,9 @@ class ModelSupervisor:
             attempt += 1
         for endpoint in endpoints:
             self.monitor.reset(endpoint)
-        self._next_self_test = 0.0  # a restarted server: check again that the model sees
-        self.paused = ""
+        with self._lock:
+            self._next_self_test = 0.0  # a restarted server: check again that the model sees
+            self._paused = ""
 
     def _run_command(self, command: list[str]) -> None:
         """Run Daemon.OnDegraded (no shell, up to COMMAND_TIMEOUT), petting the watchdog meanwhile; log the result."""
@@ -188,31 +218,34 @@ class ModelSupervisor:
         """
         if not self.config.daemon.self_test:
             return True
-        future = self._self_test
-        if future is None:
-            if time.monotonic() < self._next_self_test:
-                return True
-            self._self_test = future = self._tester.submit(self._check_sight)
-            future.add_done_callback(lambda _: self._wake.set())
+        with self._lock:
+            future = self._self_test
+            if future is None:
+                if time.monotonic() < self._next_self_test:
+                    return True
+                self._self_test = future = self._tester.submit(self._check_sight)
+        future.add_done_callback(lambda _: self._wake.set())
         if not future.done():
             return False
-        self._self_test = None
+        with self._lock:
+            self._self_test = None
         try:
             tested = future.result()
         except ModelSetupError as error:
             if self.error:
-                self.error = str(error)  # still blind: stay paused
+                self._set_error(str(error))  # still blind: stay paused
                 log.warning("%s", error)
             else:
                 self.unavailable(error)
             return False
-        # A test without an answer (a transient failure) is tried again in a minute.
-        self._next_self_test = time.monotonic() + (self.config.daemon.self_test_interval if tested else 60.0)
+        with self._lock:  # a test without an answer (a transient failure) is tried again in a minute
+            self._next_self_test = time.monotonic() + (self.config.daemon.self_test_interval if tested else 60.0)
         return True
 
     def _await_self_test(self) -> None:
         """Wait for the running self-test to answer, petting the watchdog meanwhile."""
-        future = self._self_test
+        with self._lock:
+            future = self._self_test
         while future is not None and not self.stop.is_set():
             done, _ = concurrent.futures.wait([future], timeout=0.5)
             if done:
