@@ -38,9 +38,10 @@ from .degradation import FIX
 from .endpoints import EndpointPool
 from .errors import CaptiondError, ConfigError, FileError, Interrupted, ModelSetupError, Terminated, UsageError
 from .exiftool_process import Exiftool
+from .health import Metrics
 from .ignore import IgnoreRules
 from .library import parse_filter, printable, scan
-from .model import ModelClient
+from .model import AnswerMetrics, ModelClient
 from .pipeline import Captioner, ModelRun, Outcome, RunOptions, Status, describe_outcome, run_pipeline
 from .progress import Progress
 from .redaction import RedactingFilter, redact, redact_process_output
@@ -311,10 +312,12 @@ def _originals(config: Config, flag: str | None) -> Path:
     return originals
 
 
-def model_runs(config: Config, models: str, connect: bool = True, watch: bool = False) -> dict[str, ModelRun]:
+def model_runs(config: Config, models: str, connect: bool = True, watch: bool = False,
+               metrics: AnswerMetrics | None = None) -> dict[str, ModelRun]:
     """Return the model types asked for with `--models` (caption, labels) that their `Run:` allows, with clients.
 
     `captiond run` is PhotoPrism's `vision run` (manual); `watch` runs at index time: not `manual` or `never`.
+    The clients record their answers' latency in `metrics` (the daemon's).
     """
     types = list(dict.fromkeys(name.strip().lower() for name in models.split(",") if name.strip()))
     elsewhere = [name for name in types if name in ("nsfw", "face")]
@@ -349,14 +352,15 @@ def model_runs(config: Config, models: str, connect: bool = True, watch: bool = 
         client = None
         if connect:
             servers = tuple(endpoint.uri for endpoint in model.service.all_endpoints())
-            client = ModelClient(model, config.daemon, pool=pools.get(servers))
+            client = ModelClient(model, config.daemon, pool=pools.get(servers), metrics=metrics)
             pools[servers] = client.pool
         runs[kind] = ModelRun(model, client)
     if "caption" in runs and "labels" in runs and combinable(runs["caption"].model, runs["labels"].model,
                                                              config.daemon):
         model = combined_model(runs["caption"].model, runs["labels"].model)
         labels_client = runs["labels"].client
-        client = None if labels_client is None else ModelClient(model, config.daemon, pool=labels_client.pool)
+        client = None if labels_client is None else ModelClient(model, config.daemon, pool=labels_client.pool,
+                                                                metrics=metrics)
         runs["combined"] = ModelRun(model, client)
     return runs
 
@@ -513,14 +517,16 @@ def command_watch(arguments: argparse.Namespace) -> int:
         originals=Path(arguments.originals) if arguments.originals else None,
         state_dir=Path(arguments.state_dir) if arguments.state_dir else None, listen=arguments.listen)
     _originals(config, arguments.originals)
-    runs = model_runs(config, arguments.models, watch=True)
+    metrics = Metrics()
+    runs = model_runs(config, arguments.models, watch=True, metrics=metrics)
     clients = _clients(runs)
     state = StateStore(config.daemon.state_dir, rebuild=True)
     abandoned = 0
     try:
         with Exiftool() as exiftool:
             cache = ResultCache(state, config.daemon.cache_size) if config.daemon.cache_size else None
-            service = WatchService(config, Captioner(config, runs, exiftool, RunOptions(), cache), clients, state)
+            service = WatchService(config, Captioner(config, runs, exiftool, RunOptions(), cache), clients, state,
+                                   metrics)
             state.record_settings(daemon_settings(config, runs))
             for signal_number in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signal_number, lambda number, frame: service.request_stop())

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
@@ -124,10 +124,18 @@ class _ServerSaid(Exception):
     """An error the server reported inside an answer that began as HTTP 200."""
 
 
+class AnswerMetrics(Protocol):
+    """Where a client records each answer's latency (health.Metrics), handed to it when it is made."""
+
+    def observe_answer(self, endpoint: str, seconds: float) -> None:
+        """Record one answer's seconds for its endpoint."""
+
+
 class ModelClient:
     """Talks to the server(s) of one model; thread-safe, one connection pool, requests spread over endpoints."""
 
-    def __init__(self, model: ModelConfig, daemon: DaemonConfig, pool: EndpointPool | None = None) -> None:
+    def __init__(self, model: ModelConfig, daemon: DaemonConfig, pool: EndpointPool | None = None,
+                 metrics: AnswerMetrics | None = None) -> None:
         self.model = model
         self.retry = daemon.retry
         self.deadline = daemon.timeout
@@ -135,8 +143,7 @@ class ModelClient:
         # Models on the same servers share one pool, so together they never exceed the servers' slots.
         self.pool = pool or EndpointPool(model.service.all_endpoints(), daemon.parallel, daemon.retry.delay,
                                          daemon.retry.max_delay)
-        # Called with the endpoint's name and each answer's seconds (the daemon's metrics).
-        self.on_answer: Callable[[str, float], None] | None = None
+        self.metrics = metrics  # each answer's latency, per endpoint (the daemon's /metrics)
         # Called with the endpoint's name and each answer (health.py keeps throughput from its figures).
         self.on_figures: Callable[[str, Answer], None] | None = None
         # Ollama's keep_alive for the next request (None: the server's default), e.g. "1h" while work waits.
@@ -413,8 +420,8 @@ class ModelClient:
                 seconds = time.monotonic() - started
                 self.pool.succeeded(state, seconds)
                 answer = dataclasses.replace(answer, seconds=seconds)
-                if self.on_answer is not None:
-                    self.on_answer(state.name, seconds)
+                if self.metrics is not None:
+                    self.metrics.observe_answer(state.name, seconds)
                 if self.on_figures is not None:
                     self.on_figures(state.name, answer)
         except AllEndpointsDown as exc:

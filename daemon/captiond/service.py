@@ -57,9 +57,7 @@ class WatchService:
         self.captioner = captioner
         self.clients = clients
         self.state = state
-        self.metrics = metrics or Metrics()
-        for client in clients:
-            client.on_answer = self.metrics.observe_answer
+        self.metrics = metrics or Metrics()  # the clients were made with them (model_runs): answers' latency
         self.notifier = notifier or SystemdNotifier()
         self.quiet = quiet or QuietHours(config.daemon.schedule)
         self._paused = ""
