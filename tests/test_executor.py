@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from captiond.executor import BoundedExecutor, workers_for
+from captiond.executor import BoundedExecutor, start_thread, workers_for
 
 DEADLINE = 30.0  # generous: a condition, never a measured time
 
@@ -120,3 +120,11 @@ def test_stop_without_tasks_abandons_nothing() -> None:
     abandoned: list[int] = []
     assert executor.stop(grace=0.0, abandon=abandoned.append) == 0
     assert abandoned == []
+
+
+def test_start_thread_runs_a_named_daemon_thread() -> None:
+    ran = threading.Event()
+    thread = start_thread(ran.set, "captiond-test")
+    assert ran.wait(DEADLINE)
+    thread.join(DEADLINE)
+    assert thread.daemon and thread.name == "captiond-test"

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .config import AppConfig, DaemonConfig
 from .errors import AppError, UsageError
+from .executor import start_thread
 from .library import FilterTerm, printable
 
 log = logging.getLogger(__name__)
@@ -236,8 +237,7 @@ class AppNotifier:
         """Send in the background, once a second, until stop()."""
         if not self.enabled:
             return
-        self._thread = threading.Thread(target=self._loop, name="captiond-apps", daemon=True)
-        self._thread.start()
+        self._thread = start_thread(self._loop, "captiond-apps")
 
     def stop(self, flush_seconds: float = 10.0) -> None:
         """Stop the background sender, try once to send what is pending, and close the connections."""

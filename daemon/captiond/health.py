@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from .degradation import EndpointSpeed
 from .errors import UsageError
+from .executor import start_thread
 from .redaction import redact
 from .statuspage import CONTENT_SECURITY_POLICY
 
@@ -119,7 +120,7 @@ class HealthServer:
         except OSError as exc:
             raise UsageError(f"Daemon.Listen: cannot listen on {listen}: {exc.strerror or exc}") from exc
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="captiond-health", daemon=True)
+        self.thread: threading.Thread | None = None
 
     @property
     def address(self) -> str:
@@ -129,7 +130,7 @@ class HealthServer:
 
     def start(self) -> None:
         """Serve in a background thread."""
-        self.thread.start()
+        self.thread = start_thread(self.server.serve_forever, "captiond-health")
 
     def stop(self) -> None:
         """Stop serving."""

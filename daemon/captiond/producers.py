@@ -21,6 +21,7 @@ from pathlib import Path
 from watchdog.observers.api import BaseObserver
 
 from .config import DaemonConfig, WatcherKind
+from .executor import start_thread
 from .ignore import IgnoreRules
 from .library import containment_problem, printable, scan_entries
 from .state import Stat, StateStore
@@ -61,10 +62,8 @@ class Producers:
                                   poll_interval=self.daemon.poll_interval)
         self._observer = observer
         self._observer_alive = observer.is_alive
-        self._threads = [threading.Thread(target=self._rescan_loop, name="captiond-rescan", daemon=True),
-                         threading.Thread(target=self._event_loop, name="captiond-events", daemon=True)]
-        for thread in self._threads:
-            thread.start()
+        self._threads = [start_thread(self._rescan_loop, "captiond-rescan"),
+                         start_thread(self._event_loop, "captiond-events")]
 
     def join(self) -> None:
         """Stop the observer and wait for the loops (they end once `stop` is set)."""
