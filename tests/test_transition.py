@@ -74,6 +74,9 @@ def test_the_daemon_requeue_starts_at_retry_max_delay_with_twenty_percent_jitter
     (Backoff(2.0, 60.0), 4, 32.0),
     (Backoff(2.0, 60.0), 5, 60.0),
     (Backoff(2.0, 60.0), 10_000, 60.0),
+    # notifications to PhotoPrism and Immich: 5 s doubling to 10 minutes
+    (Backoff(5.0, 600.0), 0, 5.0),
+    (Backoff(5.0, 600.0), 7, 600.0),
     # never negative tries, never an overflow
     (Backoff(2.0, 60.0), -1, 2.0),
     (Backoff(30.0, 3600.0), 2_000, 3600.0),

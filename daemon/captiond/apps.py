@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from .backoff import Backoff
 from .config import AppConfig, DaemonConfig
 from .errors import AppError, UsageError
 from .executor import start_thread
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 # Filter terms only PhotoPrism can answer (its search filters); captiond asks its search API for the files.
 PHOTOPRISM_FILTERS = ("album:", "albums:", "person:", "people:", "subject:", "label:", "keywords:")
 QUIET_SECONDS = 2.0  # wait this long after a folder's first write, so one request covers a burst
-MAX_RETRY_DELAY = 600.0
+RETRIES = Backoff(5.0, 600.0)  # a request to an app that failed transiently: 5 s doubling to 10 minutes
 SEARCH_PAGE = 100
 
 
@@ -318,7 +319,7 @@ class AppNotifier:
             with self._lock:
                 since = self._folders.get(folder, pending).since
                 self._folders[folder] = _Pending(min(since, pending.since), pending.attempts + 1,
-                                                 self.clock() + _retry_delay(pending.attempts))
+                                                 self.clock() + RETRIES.delay(pending.attempts))
             return
         finally:
             with self._lock:
@@ -343,7 +344,7 @@ class AppNotifier:
                 for photo, created in photos.items():
                     self._photos[photo] = self._photos.get(photo, False) or created
                 self._immich_batch = _Pending(batch.since, batch.attempts + 1,
-                                              self.clock() + _retry_delay(batch.attempts))
+                                              self.clock() + RETRIES.delay(batch.attempts))
                 self.pending.labels("immich").set(len(self._photos))
             return
         self._last_refresh = started
@@ -357,11 +358,7 @@ class AppNotifier:
         if not error.transient:
             log.error("%s (captioning goes on; will try again later)", error.reason)
         else:
-            log.warning("%s; will try again in %.0fs", error.reason, _retry_delay(pending.attempts))
-
-
-def _retry_delay(attempts: int) -> float:
-    return float(min(MAX_RETRY_DELAY, 5.0 * 2 ** attempts))
+            log.warning("%s; will try again in %.0fs", error.reason, RETRIES.delay(pending.attempts))
 
 
 def _error_message(response: httpx.Response) -> str:
