@@ -219,12 +219,14 @@ class ModelSupervisor:
         if not self.config.daemon.self_test:
             return True
         with self._lock:
-            future = self._self_test
+            future, started = self._self_test, False
             if future is None:
                 if time.monotonic() < self._next_self_test:
                     return True
                 self._self_test = future = self._tester.submit(self._check_sight)
-        future.add_done_callback(lambda _: self._wake.set())
+                started = True
+        if started:
+            future.add_done_callback(lambda _: self._wake.set())
         if not future.done():
             return False
         with self._lock:
