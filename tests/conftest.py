@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -33,6 +34,30 @@ class Result:
     exit_code: int
     stdout: str
     stderr: str
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/reliability `reliability`."""
+    for item in items:
+        if "reliability" in item.path.relative_to(TESTS).parts[:-1]:
+            item.add_marker(pytest.mark.reliability)
+
+
+@pytest.fixture(autouse=True)
+def subprocess_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail a test that starts `python -m captiond` without the subprocess mark: the unit-level run stays fast."""
+    if request.node.get_closest_marker("subprocess") or request.node.get_closest_marker("reliability"):
+        return
+    original = subprocess.Popen.__init__
+
+    def refuse_captiond(self: subprocess.Popen[Any], args: Any, *rest: Any, **options: Any) -> None:
+        words = [os.fsdecode(word) for word in args] if isinstance(args, list | tuple) else [os.fsdecode(args)]
+        if Path(words[0]).name == "captiond" or any(words[index:index + 2] == ["-m", "captiond"]
+                                                     for index in range(len(words))):
+            raise AssertionError(f"{request.node.nodeid} starts captiond: mark it @pytest.mark.subprocess")
+        original(self, args, *rest, **options)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse_captiond)
 
 
 @pytest.fixture(autouse=True)

@@ -112,6 +112,7 @@ def _config(directory: Path, uri: str | None) -> Path:
     return path
 
 
+@pytest.mark.subprocess
 def test_run_reaches_the_server_through_ollama_host_and_a_full_ollama_base_url(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     add_fixture(originals, "Canon_PowerShot_S40.jpg")
@@ -137,6 +138,7 @@ def test_run_reaches_the_server_through_ollama_host_and_a_full_ollama_base_url(
     assert {request.path for request in emulator.generation_requests()} == {"/api/generate"}
 
 
+@pytest.mark.subprocess
 def test_a_uri_ending_in_another_api_path_is_refused_with_the_fix(tmp_path: Path, originals: Path) -> None:
     result = run_captiond("run", "--config", _config(tmp_path, "http://127.0.0.1:9/api/tags"), "--originals",
                           originals)

@@ -59,6 +59,7 @@ def rows(state_dir: Path) -> dict[str, tuple[str, int, str]]:
         state.close()
 
 
+@pytest.mark.subprocess
 def test_retry_requeues_a_failed_photo_and_the_running_daemon_captions_it(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator, start_daemon: Callable[..., Daemon]) -> None:
     photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
@@ -80,6 +81,7 @@ def test_retry_requeues_a_failed_photo_and_the_running_daemon_captions_it(
     assert daemon.stop() == 0
 
 
+@pytest.mark.subprocess
 def test_retry_takes_failed_quarantined_and_waiting_rows_that_match_the_filter(tmp_path: Path, originals: Path,
                                                                               emulator: OllamaEmulator) -> None:
     config = write_config(tmp_path, emulator.url)
@@ -109,6 +111,7 @@ def test_retry_takes_failed_quarantined_and_waiting_rows_that_match_the_filter(t
     assert run_captiond("retry", "--config", config, "name:d.jpg").stdout.startswith("queued again: 1 files")
 
 
+@pytest.mark.subprocess
 def test_status_checks_the_server_the_daemon_uses_not_the_shells(tmp_path: Path, originals: Path,
                                                                  emulator: OllamaEmulator,
                                                                  start_daemon: Callable[..., Daemon]) -> None:
@@ -129,6 +132,7 @@ def test_status_checks_the_server_the_daemon_uses_not_the_shells(tmp_path: Path,
     assert daemon.stop() == 0
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: checks what root does to a non-root daemon's database")
 def test_retry_as_root_acts_as_the_owner_of_the_database(tmp_path: Path, emulator: OllamaEmulator) -> None:
     """Root's -wal/-shm files would lock the daemon out: root becomes the database's owner instead."""
@@ -154,6 +158,7 @@ def test_retry_as_root_acts_as_the_owner_of_the_database(tmp_path: Path, emulato
         shutil.rmtree(home)
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: checks what root is told about another user's library")
 def test_run_as_root_over_another_users_library_says_how_to_run_as_its_owner(tmp_path: Path, originals: Path,
                                                                              emulator: OllamaEmulator) -> None:

@@ -38,6 +38,7 @@ def apps_config(tmp_path: Path, url: str, **apps: object) -> Path:
     return write_config(tmp_path, url, daemon=dict(apps))
 
 
+@pytest.mark.subprocess
 def test_run_asks_photoprism_to_index_each_written_folder_once(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator, photoprism: PhotoPrismEmulator) -> None:
     for folder in ("2024/Holiday", "2024/Holiday", "2024/Work", ""):
@@ -59,6 +60,7 @@ def test_run_asks_photoprism_to_index_each_written_folder_once(
     assert TOKEN not in result.stdout + result.stderr
 
 
+@pytest.mark.subprocess
 def test_run_asks_immich_to_refresh_exactly_the_changed_assets(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator, immich: ImmichEmulator) -> None:
     known = [add_fixture(originals, PHOTO, f"a/{name}") for name in ("one.jpg", "two.jpg")]
@@ -83,6 +85,7 @@ def test_run_asks_immich_to_refresh_exactly_the_changed_assets(
     assert not_imported.with_suffix(".jpg.xmp").exists()
 
 
+@pytest.mark.subprocess
 def test_failures_never_affect_captioning_and_are_retried(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator, photoprism: PhotoPrismEmulator,
         immich: ImmichEmulator) -> None:
@@ -103,6 +106,7 @@ def test_failures_never_affect_captioning_and_are_retried(
     assert TOKEN not in result.stderr and KEY not in result.stderr
 
 
+@pytest.mark.subprocess
 def test_a_wrong_key_or_an_app_that_is_down_is_reported_and_the_run_succeeds(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator, immich: ImmichEmulator) -> None:
     add_fixture(originals, PHOTO)
@@ -177,6 +181,7 @@ def test_a_failed_folder_waits_longer_each_time(photoprism: PhotoPrismEmulator, 
         notifier.stop(flush_seconds=0)
 
 
+@pytest.mark.subprocess
 def test_watch_tells_photoprism_and_counts_it_in_metrics(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator, photoprism: PhotoPrismEmulator) -> None:
     from test_watch import Daemon, config_for, sidecar_caption, wait_for
@@ -206,6 +211,7 @@ def test_watch_tells_photoprism_and_counts_it_in_metrics(
     assert TOKEN not in daemon.log()
 
 
+@pytest.mark.subprocess
 def test_app_settings_are_checked_and_secrets_are_redacted(tmp_path: Path, emulator: OllamaEmulator) -> None:
     with pytest.raises(ConfigError) as problem:
         parse_config({"Daemon": {"PhotoPrism": {"Url": "photoprism:2342"}, "Immich": {"Url": "http://immich"}}},
@@ -228,6 +234,7 @@ def test_app_settings_are_checked_and_secrets_are_redacted(tmp_path: Path, emula
     assert TOKEN not in as_json.stdout and KEY not in as_json.stdout
 
 
+@pytest.mark.subprocess
 def test_album_person_and_label_filters_are_resolved_through_photoprism(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator, photoprism: PhotoPrismEmulator) -> None:
     for name in ("2024/a.jpg", "2024/b.jpg", "2024/c.jpg", "Family/d.jpg"):
@@ -249,6 +256,7 @@ def test_album_person_and_label_filters_are_resolved_through_photoprism(
     assert "would caption" not in nothing.stderr and "captioned 0" in nothing.stdout  # never the whole library
 
 
+@pytest.mark.subprocess
 def test_photoprism_filters_need_photoprism(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     add_fixture(originals, PHOTO)
     result = run_captiond("run", "--config", write_config(tmp_path, emulator.url), "--originals", originals,
@@ -258,6 +266,7 @@ def test_photoprism_filters_need_photoprism(tmp_path: Path, originals: Path, emu
     assert not list(originals.rglob("*.xmp"))
 
 
+@pytest.mark.subprocess
 def test_a_key_that_may_not_start_sidecar_discovery_still_refreshes_the_assets(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     photo = add_fixture(originals, PHOTO)

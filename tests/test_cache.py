@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from captiond.cache import CachedResult, ResultCache, cache_key
 from captiond.labels import Label
 from captiond.state import StateStore
@@ -21,6 +23,7 @@ def tags_of(photo: Path) -> dict[str, str]:
     return read_tags(Path(f"{photo}.xmp"), "XMP-dc:Description", "XMP-dc:Subject", "XMP-captiond:all")
 
 
+@pytest.mark.subprocess
 def test_byte_identical_copies_in_different_folders_cost_one_model_call(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     copies = [add_fixture(originals, PHOTO, f"{folder}/{PHOTO}") for folder in ("2024", "Export", "Phone/backup")]
@@ -42,6 +45,7 @@ def test_byte_identical_copies_in_different_folders_cost_one_model_call(
     assert "XMP-captiond:CaptionCached" not in tags_of(other)
 
 
+@pytest.mark.subprocess
 def test_a_later_run_and_a_new_copy_reuse_the_answer_and_force_asks_again(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     first = add_fixture(originals, PHOTO, f"a/{PHOTO}")
@@ -65,6 +69,7 @@ def test_a_later_run_and_a_new_copy_reuse_the_answer_and_force_asks_again(
     assert "XMP-captiond:CaptionCached" not in tags_of(copy)  # a fresh answer: the stale note is gone
 
 
+@pytest.mark.subprocess
 def test_a_different_prompt_language_or_model_is_asked_again(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     add_fixture(originals, PHOTO, f"a/{PHOTO}")
@@ -84,6 +89,7 @@ def test_a_different_prompt_language_or_model_is_asked_again(
     assert len(emulator.generation_requests()) == 4
 
 
+@pytest.mark.subprocess
 def test_labels_are_cached_with_their_scores_and_thresholds_apply_on_reuse(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     emulator.reply = labels_reply()
@@ -105,6 +111,7 @@ def test_labels_are_cached_with_their_scores_and_thresholds_apply_on_reuse(
     assert tags["XMP-captiond:LabelsCached"] == "result cache"
 
 
+@pytest.mark.subprocess
 def test_an_unusable_state_folder_turns_the_cache_off_but_captions_are_written(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     blocker = tmp_path / "not-a-folder"
@@ -121,6 +128,7 @@ def test_an_unusable_state_folder_turns_the_cache_off_but_captions_are_written(
     assert len(emulator.generation_requests()) == 2
 
 
+@pytest.mark.subprocess
 def test_cache_size_zero_turns_it_off(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     add_fixture(originals, PHOTO, f"a/{PHOTO}")
     add_fixture(originals, PHOTO, f"b/{PHOTO}")
@@ -158,6 +166,7 @@ def test_keys_differ_by_every_part_that_shapes_the_answer() -> None:
     assert cache_key(b"jpeg", "caption", "m", dict(reversed(list(base.items())))) == variants[0]
 
 
+@pytest.mark.subprocess
 def test_watch_reuses_answers_for_copies(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     """The daemon shares the cache: a copy arriving later is written without a model call."""
     from test_watch import Daemon, config_for, sidecar_caption, wait_for

@@ -52,6 +52,7 @@ def keywords(photo: Path) -> str:
     return read_tags(Path(f"{photo}.xmp"), "XMP-dc:Subject").get("XMP-dc:Subject", "")
 
 
+@pytest.mark.subprocess
 def test_caption_and_labels_in_one_request_per_photo(tmp_path: Path, originals: Path,
                                                      emulator: OllamaEmulator) -> None:
     photos = [add_fixture(originals, name) for name in PHOTOS]
@@ -73,6 +74,7 @@ def test_caption_and_labels_in_one_request_per_photo(tmp_path: Path, originals: 
         assert keywords(photo) in ("Ferris, Sky", "['Ferris', 'Sky']")
 
 
+@pytest.mark.subprocess
 def test_without_combine_outputs_caption_and_labels_are_two_requests(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     for name in PHOTOS:
@@ -86,6 +88,7 @@ def test_without_combine_outputs_caption_and_labels_are_two_requests(
     assert sorted(kinds(emulator)) == ["caption"] * 3 + ["labels"] * 3
 
 
+@pytest.mark.subprocess
 def test_photoprisms_option_on_the_model_turns_it_on_and_only_the_missing_part_is_asked(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     photo = add_fixture(originals, PHOTOS[0])
@@ -101,6 +104,7 @@ def test_photoprisms_option_on_the_model_turns_it_on_and_only_the_missing_part_i
     assert keywords(photo) in ("Ferris, Sky", "['Ferris', 'Sky']")
 
 
+@pytest.mark.subprocess
 def test_different_models_are_never_combined(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     add_fixture(originals, PHOTOS[0])
     emulator.reply = reply()
@@ -143,6 +147,7 @@ def test_a_model_that_fails_the_combined_answer_twice_is_asked_in_two_requests(
                 run.client.close()
 
 
+@pytest.mark.subprocess
 def test_copies_reuse_one_combined_answer(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     copies = [add_fixture(originals, PHOTOS[0], f"{folder}/{PHOTOS[0]}") for folder in ("a", "b")]
     emulator.reply = reply()
@@ -156,6 +161,7 @@ def test_copies_reuse_one_combined_answer(tmp_path: Path, originals: Path, emula
         assert keywords(copy) in ("Ferris, Sky", "['Ferris', 'Sky']")
 
 
+@pytest.mark.subprocess
 def test_openai_compatible_server_gets_the_combined_schema(tmp_path: Path, originals: Path,
                                                            emulator: OllamaEmulator) -> None:
     photo = add_fixture(originals, PHOTOS[0])

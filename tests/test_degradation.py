@@ -83,6 +83,7 @@ def address_of(daemon: Daemon) -> str:
     return match.group(1)
 
 
+@pytest.mark.subprocess
 def test_slow_gpu_is_reported_in_log_status_healthz_and_metrics(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator, start_daemon: Callable[..., Daemon]) -> None:
     emulator.tokens_per_second = 40
@@ -108,6 +109,7 @@ def test_slow_gpu_is_reported_in_log_status_healthz_and_metrics(
     assert daemon.stop() == 0
 
 
+@pytest.mark.subprocess
 def test_a_model_partly_off_the_gpu_is_reported(tmp_path: Path, originals: Path, emulator: OllamaEmulator,
                                                 start_daemon: Callable[..., Daemon]) -> None:
     emulator.vram_fraction = 0.4
@@ -141,6 +143,7 @@ def queued(state: Path) -> int:
         connection.close()
 
 
+@pytest.mark.subprocess
 def test_on_degraded_runs_once_pausing_requests_and_the_daemon_resumes(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator, start_daemon: Callable[..., Daemon]) -> None:
     marker = tmp_path / "restarts"

@@ -111,6 +111,7 @@ def test_scan_skips_ignored_files(tmp_path: Path, originals: Path) -> None:
     assert sorted(scan(originals, rules=IgnoreRules(originals, ("2024/drafts",)))) == sorted(wanted)
 
 
+@pytest.mark.subprocess
 def test_run_never_reads_asks_about_or_writes_ignored_files(tmp_path: Path, originals: Path,
                                                            emulator: OllamaEmulator) -> None:
     wanted, left_alone = ignored_library(originals)
@@ -123,6 +124,7 @@ def test_run_never_reads_asks_about_or_writes_ignored_files(tmp_path: Path, orig
     assert not [photo for photo in left_alone if Path(f"{photo}.xmp").exists()]
 
 
+@pytest.mark.subprocess
 def test_watch_leaves_ignored_files_alone_in_scans_events_and_queue(tmp_path: Path, originals: Path,
                                                                    emulator: OllamaEmulator,
                                                                    start_daemon: Callable[..., Daemon]) -> None:

@@ -16,6 +16,7 @@ def keep_alives(emulator: OllamaEmulator) -> list[object]:
     return [request.body.get("keep_alive") for request in emulator.generation_requests()]
 
 
+@pytest.mark.subprocess
 def test_run_keeps_the_model_loaded_while_photos_wait_and_releases_it_after_the_last(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     for index in range(3):
@@ -30,6 +31,7 @@ def test_run_keeps_the_model_loaded_while_photos_wait_and_releases_it_after_the_
     assert keep_alives(emulator) == ["1m"]
 
 
+@pytest.mark.subprocess
 def test_a_configured_keep_alive_is_sent_as_given(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     add_fixture(originals, "PNG_plain.png")
     config = write_config(tmp_path, emulator.url, daemon={"KeepAlive": "-1"})
@@ -37,6 +39,7 @@ def test_a_configured_keep_alive_is_sent_as_given(tmp_path: Path, originals: Pat
     assert keep_alives(emulator) == ["-1"]
 
 
+@pytest.mark.subprocess
 def test_openai_servers_get_no_keep_alive(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     add_fixture(originals, "PNG_plain.png")
     config = write_config(tmp_path, emulator.url, service={"Uri": f"{emulator.url}/v1/chat/completions"},

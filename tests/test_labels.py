@@ -71,6 +71,7 @@ def test_merge_keeps_every_keyword_a_person_added() -> None:
     assert added == ["Cat"]
 
 
+@pytest.mark.subprocess
 def test_caption_and_labels_written_together_and_human_keywords_kept(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     photo = add_fixture(originals, "no_exif.jpg", "Fair/no_exif.jpg")  # a person's caption and keyword "tag"
@@ -102,6 +103,7 @@ def test_caption_and_labels_written_together_and_human_keywords_kept(
     assert keyword_list(Path(f"{photo}.xmp")) == ["tag", "Carousel"]
 
 
+@pytest.mark.subprocess
 def test_labels_we_added_that_a_person_removed_count_as_theirs(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
@@ -116,6 +118,7 @@ def test_labels_we_added_that_a_person_removed_count_as_theirs(
     assert keyword_list(Path(f"{photo}.xmp")) == ["Ferris"]
 
 
+@pytest.mark.subprocess
 def test_embedded_keywords_go_to_iptc_where_it_exists(tmp_path: Path, originals: Path,
                                                      emulator: OllamaEmulator) -> None:
     photo = add_fixture(originals, "IPTC.jpg")
@@ -131,6 +134,7 @@ def test_embedded_keywords_go_to_iptc_where_it_exists(tmp_path: Path, originals:
     assert ("Überraschungsei" * 6) in tags["XMP-dc:Subject"]
 
 
+@pytest.mark.subprocess
 def test_labels_answer_without_json_is_asked_once_more_then_fails(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     good = add_fixture(originals, "Canon_PowerShot_S40.jpg")
@@ -145,6 +149,7 @@ def test_labels_answer_without_json_is_asked_once_more_then_fails(
     assert sum(Path(f"{photo}.xmp").exists() for photo in (good, bad)) == 1
 
 
+@pytest.mark.subprocess
 def test_prompt_context_is_sent_only_when_the_prompt_asks(tmp_path: Path, originals: Path,
                                                            emulator: OllamaEmulator) -> None:
     add_fixture(originals, "Canon_PowerShot_S40.jpg", "Rome 2003/IMG_1.jpg")
@@ -162,6 +167,7 @@ def test_prompt_context_is_sent_only_when_the_prompt_asks(tmp_path: Path, origin
     assert "Rome" not in body and "Canon" not in body and "2003" not in body
 
 
+@pytest.mark.subprocess
 def test_work_is_spread_over_endpoints_and_survives_one_dying(tmp_path: Path, originals: Path) -> None:
     for index in range(16):
         add_fixture(originals, "Canon_PowerShot_S40.jpg", f"photo{index:02d}.jpg")
@@ -185,6 +191,7 @@ def test_work_is_spread_over_endpoints_and_survives_one_dying(tmp_path: Path, or
         assert sum(endpoint["requests"] - endpoint["errors"] for endpoint in report["endpoints"]) == 16
 
 
+@pytest.mark.subprocess
 def test_two_endpoints_share_the_work(tmp_path: Path, originals: Path) -> None:
     for index in range(12):
         add_fixture(originals, "Canon_PowerShot_S40.jpg", f"photo{index:02d}.jpg")
@@ -213,6 +220,7 @@ def keyword_list(sidecar: Path) -> list[str]:
     return value if isinstance(value, list) else [value]
 
 
+@pytest.mark.subprocess
 def test_digikam_tags_list_gets_our_keywords_too(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
     sidecar = Path(f"{photo}.xmp")
@@ -225,6 +233,7 @@ def test_digikam_tags_list_gets_our_keywords_too(tmp_path: Path, originals: Path
     assert keyword_list(sidecar) == ["Grandma", "Ferris", "Sky"]
 
 
+@pytest.mark.subprocess
 def test_a_labels_failure_does_not_throw_away_the_caption(tmp_path: Path, originals: Path,
                                                           emulator: OllamaEmulator) -> None:
     photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")

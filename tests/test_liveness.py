@@ -152,6 +152,7 @@ def test_a_stuck_queue_stops_the_watchdog_and_an_abandoned_request_costs_no_atte
     assert row.attempts == 0 and row.last_error == ""
 
 
+@pytest.mark.subprocess
 def test_sigterm_leaves_a_request_the_server_never_answers_queued_without_an_attempt(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     """`systemctl stop` / `docker stop` while the model sends nothing: exit 0 well within TimeoutStopSec."""

@@ -25,6 +25,8 @@ from llamaserver import (
 )
 from test_watch import Daemon, start_daemon, wait_for
 
+pytestmark = pytest.mark.subprocess  # every test here starts `python -m captiond`
+
 PHOTOS = ("Canon_PowerShot_S40.jpg", "Nikon_COOLPIX_P1.jpg", "Olympus_boilerplate.jpg")
 RUN_SECONDS = 600.0
 WATCH_SECONDS = 180.0

@@ -23,6 +23,8 @@ import pytest
 from conftest import SOURCE_ROOT, add_fixture, write_config
 from emulator import Hang, OllamaEmulator
 
+pytestmark = pytest.mark.subprocess  # every test here starts `python -m captiond`
+
 PHOTOS = ("photo0.jpg", "photo1.jpg", "photo2.jpg")
 SUMMARY_START = "captioned "
 

@@ -276,6 +276,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.subprocess
 def test_run_never_is_never_run_and_manual_is_not_watched(tmp_path: Path, originals: Path) -> None:
     never = write(tmp_path, f"""
         Models:
@@ -295,6 +296,7 @@ def test_run_never_is_never_run_and_manual_is_not_watched(tmp_path: Path, origin
     assert run_captiond("run", "--dry-run", "--config", manual, "--originals", originals).exit_code == 0
 
 
+@pytest.mark.subprocess
 def test_nsfw_and_face_models_are_left_to_photoprism_with_a_warning(tmp_path: Path, originals: Path) -> None:
     config = write(tmp_path, f"Daemon: {{StateDir: {tmp_path / 'state'}}}\n")
 
@@ -318,6 +320,7 @@ LS_FILE = """
     """
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("flag", ["--md", "--csv", "--tsv", "--json", None])
 def test_ls_shows_the_run_mode_in_every_format(tmp_path: Path, flag: str | None) -> None:
     config = write(tmp_path, LS_FILE)
@@ -359,6 +362,7 @@ def test_openai_without_uri_is_photoprisms_responses_endpoint(tmp_path: Path) ->
     assert model.usable
 
 
+@pytest.mark.subprocess
 def test_a_responses_uri_gets_photoprisms_responses_body(tmp_path: Path, originals: Path,
                                                          emulator: OllamaEmulator) -> None:
     emulator.models["gpt-5-mini"] = ["completion", "vision"]

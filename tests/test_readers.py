@@ -15,7 +15,8 @@ from emulator import OllamaEmulator
 from readers import APPS, Shown, available, exiv2_problems
 from test_labels import labels_reply
 
-pytestmark = pytest.mark.skipif(bool(available()), reason=available() or "ready")
+pytestmark = [pytest.mark.subprocess,  # every test here starts `python -m captiond`
+              pytest.mark.skipif(bool(available()), reason=available() or "ready")]
 
 OUR_CAPTION = "A fair at night."
 OUR_KEYWORDS = ("Ferris", "Sky")

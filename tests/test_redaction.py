@@ -177,6 +177,7 @@ def _assert_no_secret(secrets: dict[str, str], *outputs: str) -> None:
             assert secret not in output, f"{name} shown in:\n{output}"
 
 
+@pytest.mark.subprocess
 def test_ls_run_and_errors_never_show_a_credential(tmp_path: Path, originals: Path,
                                                    emulator: OllamaEmulator) -> None:
     secrets = _secrets()
@@ -206,6 +207,7 @@ def test_ls_run_and_errors_never_show_a_credential(tmp_path: Path, originals: Pa
                       report.read_text(), unreachable.stdout, unreachable.stderr)
 
 
+@pytest.mark.subprocess
 def test_watch_health_metrics_status_and_state_never_show_a_credential(tmp_path: Path, originals: Path,
                                                                        emulator: OllamaEmulator) -> None:
     secrets = _secrets()
@@ -254,6 +256,7 @@ def _wait_for(condition: object, timeout: float = 30.0) -> object:
     return condition()
 
 
+@pytest.mark.subprocess
 def test_status_checks_a_redacted_recorded_address_with_the_configurations_credentials(
         tmp_path: Path, originals: Path) -> None:
     """The daemon records its addresses redacted; status must not send *** where the token was."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import (
     Result,
     add_fixture,
@@ -15,6 +17,8 @@ from conftest import (
     write_config,
 )
 from emulator import BUSY, Drop, OllamaEmulator, Reply, decode_images, expected_caption
+
+pytestmark = pytest.mark.subprocess  # every test here starts `python -m captiond`
 
 MIXED = ["Canon_PowerShot_S40.jpg", "Olympus_boilerplate.jpg", "Nikon_COOLPIX_P1.jpg", "IMG_5195.HEIC",
          "Arbitro.tiff", "DNG_with_preview.dng", "PNG_plain.png", "GIF.gif", "RIFF.webp"]

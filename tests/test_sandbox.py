@@ -34,6 +34,7 @@ def test_an_address_the_unit_blocks_gets_the_drop_in_line_that_allows_it(host: s
     assert blocked_address_hint([uri], {}) == ""  # not under systemd: no unit, no hint
 
 
+@pytest.mark.subprocess
 def test_under_journald_log_lines_carry_a_priority_and_no_second_timestamp(tmp_path: Path) -> None:
     """systemd sets JOURNAL_STREAM to the device:inode of the stderr it connects to the journal."""
     stderr_path = tmp_path / "stderr"

@@ -145,6 +145,7 @@ def closed_window() -> str:
     return f"{start:%H:%M}-{start + datetime.timedelta(hours=1):%H:%M}"
 
 
+@pytest.mark.subprocess
 def test_run_waits_for_the_window_only_with_respect_schedule(tmp_path: Path, originals: Path,
                                                              emulator: OllamaEmulator) -> None:
     photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
@@ -169,6 +170,7 @@ def test_run_waits_for_the_window_only_with_respect_schedule(tmp_path: Path, ori
     assert status.exit_code == 0 and sidecar_caption(photo)
 
 
+@pytest.mark.subprocess
 def test_status_says_until_when_it_is_paused(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     config = write_config(tmp_path, emulator.url, daemon={"Schedule": closed_window()})
     StateStore(tmp_path / "state").close()

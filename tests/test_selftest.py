@@ -37,6 +37,7 @@ def self_test_config(tmp_path: Path, url: str, **daemon: object) -> Path:
     return write_config(tmp_path, url, daemon={"SelfTest": True, "Settle": SETTLE, **daemon})
 
 
+@pytest.mark.subprocess
 def test_run_checks_the_model_sees_before_captioning(tmp_path: Path, originals: Path,
                                                      emulator: OllamaEmulator) -> None:
     photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
@@ -47,6 +48,7 @@ def test_run_checks_the_model_sees_before_captioning(tmp_path: Path, originals: 
     assert sidecar_caption(photo).startswith("A photo with a calm scene")
 
 
+@pytest.mark.subprocess
 def test_run_stops_with_exit_3_when_the_model_answers_without_seeing(tmp_path: Path, originals: Path,
                                                                     emulator: OllamaEmulator) -> None:
     photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
@@ -62,6 +64,7 @@ def test_run_stops_with_exit_3_when_the_model_answers_without_seeing(tmp_path: P
     assert result.exit_code == 0 and sidecar_caption(photo) == "A photo with a calm scene."
 
 
+@pytest.mark.subprocess
 def test_watch_pauses_while_the_model_is_blind_and_resumes_when_it_sees(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator, start_daemon: Callable[..., Daemon]) -> None:
     photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
@@ -82,6 +85,7 @@ def test_watch_pauses_while_the_model_is_blind_and_resumes_when_it_sees(
     assert sidecar_caption(photo).startswith("A photo with a calm scene, image")
 
 
+@pytest.mark.subprocess
 def test_watch_tests_again_when_the_model_was_loaded_again(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator, start_daemon: Callable[..., Daemon]) -> None:
     first = add_fixture(originals, "Canon_PowerShot_S40.jpg")

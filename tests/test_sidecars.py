@@ -58,6 +58,7 @@ def test_the_base_name_sidecar_of_a_raw_and_jpeg_pair_belongs_to_the_raw(origina
     assert owns_base_sidecar(originals / "IMG_3.jpg")
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("mode", ["sidecar", "embedded"])
 def test_raw_and_jpeg_pair_keep_both_results(tmp_path: Path, originals: Path, emulator: OllamaEmulator,
                                              mode: str) -> None:
@@ -80,6 +81,7 @@ def test_raw_and_jpeg_pair_keep_both_results(tmp_path: Path, originals: Path, em
     assert "IMG_1.jpg.xmp" in {path.name for path in originals.iterdir()} or mode == "embedded"
 
 
+@pytest.mark.subprocess
 def test_a_persons_caption_in_any_sidecar_of_the_photo_counts(tmp_path: Path, originals: Path,
                                                               emulator: OllamaEmulator) -> None:
     photo = add_fixture(originals, "Canon_PowerShot_S40.jpg", "IMG_1.jpg")
@@ -94,6 +96,7 @@ def test_a_persons_caption_in_any_sidecar_of_the_photo_counts(tmp_path: Path, or
     assert emulator.generation_requests() == []
 
 
+@pytest.mark.subprocess
 def test_the_jpeg_of_a_pair_skips_a_persons_caption_in_the_shared_sidecar_and_carries_it(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     add_fixture(originals, "DNG_with_preview.dng", "IMG_1.dng")
@@ -116,6 +119,7 @@ def test_the_jpeg_of_a_pair_skips_a_persons_caption_in_the_shared_sidecar_and_ca
     assert tag_list(own, "XMP-dc:Subject") == ["Grandma", "Ferris", "Sky"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("mode", ["sidecar", "embedded"])
 @pytest.mark.parametrize(("fixture", "flat"), [
     ("IPTC.jpg", ["ExifTool", "Test", "IPTC"]),  # IPTC keywords, no XMP, no hierarchy
@@ -141,6 +145,7 @@ def test_flat_keywords_are_never_hidden_by_the_hierarchy_we_add(tmp_path: Path, 
         assert tag_list(photo, "IPTC:Keywords") == [*flat, "Ferris", "Sky"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("mode", ["sidecar", "embedded"])
 def test_an_embedded_digikam_tags_list_gets_our_keywords_in_either_mode(
         tmp_path: Path, originals: Path, emulator: OllamaEmulator, mode: str) -> None:
@@ -156,6 +161,7 @@ def test_an_embedded_digikam_tags_list_gets_our_keywords_in_either_mode(
     assert tag_list(target, "XMP-lr:HierarchicalSubject") == ["Grandma", "Ferris", "Sky"]
 
 
+@pytest.mark.subprocess
 def test_a_labels_only_sidecar_carries_the_photos_caption(tmp_path: Path, originals: Path,
                                                           emulator: OllamaEmulator) -> None:
     person = add_fixture(originals, "33-type_error.jpg")
@@ -197,6 +203,7 @@ def test_a_png_comment_counts_and_a_gif_metadata_dump_does_not(exiftool: Exiftoo
     assert current_caption(exiftool.read(add_fixture(originals, "PNG_plain.png"))).text == ""
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(("mode", "edited", "stale"), [
     ("sidecar", "XMP-dc:Description", "XMP-tiff:ImageDescription"),  # darktable, exiftool
     ("sidecar", "XMP-tiff:ImageDescription", "XMP-dc:Description"),
@@ -221,6 +228,7 @@ def test_a_person_editing_one_copy_of_our_caption_wins_in_every_copy(
     assert emulator.generation_requests()[1:] == []
 
 
+@pytest.mark.subprocess
 def test_embedded_mode_also_updates_an_existing_sidecar(tmp_path: Path, originals: Path,
                                                         emulator: OllamaEmulator) -> None:
     photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
@@ -241,6 +249,7 @@ def test_embedded_mode_also_updates_an_existing_sidecar(tmp_path: Path, original
     assert "captioned 0, labelled 0, skipped 1" in run(config, originals, "-m", "caption,labels").stdout
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(("caption", "in_exif"), [("A quiet harbour at dawn.", True),
                                                   ("Ein ruhiger Hafen im Morgengrauen, Möwen über dem Kai.", False),
                                                   ("夜明けの静かな港。", False)])

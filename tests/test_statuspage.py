@@ -18,6 +18,8 @@ from conftest import add_fixture
 from emulator import OllamaEmulator
 from test_watch import Daemon, config_for, sidecar_caption, start_daemon, wait_for
 
+pytestmark = pytest.mark.subprocess  # every test here starts `python -m captiond`
+
 __all__ = ["start_daemon"]  # the fixture, used by name
 
 HOSTILE_NAMES = ['<script>alert("name")</script>.jpg', "Tom & Jerry's \"best\" <b>.png", "x onerror=alert(1) '.jpg"]

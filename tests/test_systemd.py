@@ -28,12 +28,14 @@ def installed_unit(tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.subprocess
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     result = subprocess.run(["systemd-analyze", "verify", str(installed_unit(tmp_path))], capture_output=True,
                             text=True, check=False)
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.subprocess
 def test_unit_exposure_is_at_most_3(tmp_path: Path) -> None:
     result = subprocess.run(["systemd-analyze", "security", "--offline=true", str(installed_unit(tmp_path))],
                             capture_output=True, text=True, check=False)

@@ -107,6 +107,7 @@ def test_observer_reports_new_files_and_folders_but_not_temporary_names(tmp_path
     assert set(seen) <= {"IMG_1.jpg", "inside.png"}  # watchdog may also report a moved-in folder's contents
 
 
+@pytest.mark.subprocess
 def test_watch_captions_photos_as_real_tools_deliver_them(tmp_path: Path, originals: Path,
                                                           emulator: OllamaEmulator,
                                                           start_daemon: Callable[..., Daemon]) -> None:
@@ -153,6 +154,7 @@ def test_watch_captions_photos_as_real_tools_deliver_them(tmp_path: Path, origin
     assert "5 done" in status.stdout and "0 failed" in status.stdout
 
 
+@pytest.mark.subprocess
 def test_sigkill_mid_backfill_loses_and_repeats_nothing(tmp_path: Path, originals: Path,
                                                         start_daemon: Callable[..., Daemon]) -> None:
     photos = [add_fixture(originals, name, f"{index:02d}-{name}") for index in range(3) for name in PHOTOS]
@@ -179,6 +181,7 @@ def test_sigkill_mid_backfill_loses_and_repeats_nothing(tmp_path: Path, original
         assert sidecar_caption(photo).startswith("A photo with a calm scene")
 
 
+@pytest.mark.subprocess
 def test_model_server_down_for_a_while(tmp_path: Path, originals: Path, start_daemon: Callable[..., Daemon]) -> None:
     server = OllamaEmulator().start()
     config = config_for(tmp_path, server.url)
@@ -197,6 +200,7 @@ def test_model_server_down_for_a_while(tmp_path: Path, originals: Path, start_da
         server.stop()
 
 
+@pytest.mark.subprocess
 def test_health_and_metrics_endpoints(tmp_path: Path, originals: Path, emulator: OllamaEmulator,
                                       start_daemon: Callable[..., Daemon]) -> None:
     photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
@@ -213,6 +217,7 @@ def test_health_and_metrics_endpoints(tmp_path: Path, originals: Path, emulator:
     assert daemon.stop() == 0
 
 
+@pytest.mark.subprocess
 def test_watch_refuses_a_missing_originals_folder(tmp_path: Path, emulator: OllamaEmulator) -> None:
     result = run_captiond("watch", "--config", config_for(tmp_path, emulator.url), "--originals",
                           tmp_path / "not-mounted")
@@ -220,6 +225,7 @@ def test_watch_refuses_a_missing_originals_folder(tmp_path: Path, emulator: Olla
     assert "originals folder not found" in result.stderr
 
 
+@pytest.mark.subprocess
 def test_systemd_notifications_and_json_logs(tmp_path: Path, originals: Path, emulator: OllamaEmulator) -> None:
     photo = add_fixture(originals, "Canon_PowerShot_S40.jpg")
     address = tmp_path / "notify.sock"
