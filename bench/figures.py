@@ -67,19 +67,22 @@ class Settings:
     rescan_full_files: int
     memory_photos: int
     prepare_repetitions: int
+    peer_photos: int  # B9
     repetitions: int  # B1 and B2 runs; the best counts (a shared machine only ever makes them slower)
 
     @classmethod
     def full(cls) -> Settings:
         return cls(quick=False, throughput_photos=300, busy_photos={1: 100, 4: 200},
                    busy_latency=0.2, watch_files=200, watch_rate=20.0, watch_settle=1.0, rescan_files=100_000,
-                   rescan_full_files=100_000, memory_photos=3000, prepare_repetitions=7, repetitions=3)
+                   rescan_full_files=100_000, memory_photos=3000, prepare_repetitions=7, peer_photos=100,
+                   repetitions=3)
 
     @classmethod
     def quick_mode(cls) -> Settings:
         return cls(quick=True, throughput_photos=40, busy_photos={1: 20, 4: 40},
                    busy_latency=0.2, watch_files=40, watch_rate=20.0, watch_settle=1.0, rescan_files=10_000,
-                   rescan_full_files=100_000, memory_photos=400, prepare_repetitions=3, repetitions=1)
+                   rescan_full_files=100_000, memory_photos=400, prepare_repetitions=3, peer_photos=20,
+                   repetitions=1)
 
 
 @dataclass(frozen=True)
@@ -562,5 +565,41 @@ def prepare_times(settings: Settings, folders: Folders) -> BenchmarkResult:
     return result
 
 
+# ---------------------------------------------------------------- B9 photo-tagger side by side
+
+def peer_side_by_side(settings: Settings, folders: Folders) -> BenchmarkResult:
+    """B9: photo-tagger 0.10.1 against captiond, one worker each, same photos, instant model (when installed)."""
+    import peer  # answers tool calls in the emulator: only when this figure runs
+
+    result = BenchmarkResult("B9", "photo-tagger side by side, one worker")
+    if not peer.peer_installed():
+        result.measurements.append(Measurement(
+            "B9 photo-tagger ÷ captiond, wall time", None, "not installed", "≥ 5", None,
+            f"no photo-tagger at {peer.PEER_ROOT} (root: bash bench/photo_tagger_setup.sh)"))
+        return result
+    count = settings.peer_photos
+    recipe = LibraryRecipe(TWELVE_MEGAPIXELS, settings.throughput_photos, settings.throughput_photos, 50)
+    library, _ = photo_library(folders.inputs / f"photos-12mp-{settings.throughput_photos}", recipe)
+    photos = library_photos(library, recipe)[:count]
+    albums = sorted({photo.parent.name for photo in photos})
+    work = folders.work("B9")
+    remove_sidecars(library)
+    ours = serve_and_run(0.0, 1, work, ["--originals", library, *albums, "--count", str(count)])
+    check_run(ours.run, count)
+    theirs = peer.run_peer(photos, work / "photo-tagger.log")
+    remove_sidecars(library)
+    ratio = theirs["wall_seconds"] / ours.run.wall_seconds
+    result.details = {"photos": count, "captiond": run_summary(ours.run), "photo_tagger": theirs,
+                      "ratio_wall": round(ratio, 2)}
+    result.measurements.append(Measurement(
+        "B9 photo-tagger ÷ captiond, wall time", round(ratio, 2),
+        f"{theirs['wall_seconds']:.1f} s ÷ {ours.run.wall_seconds:.1f} s = {ratio:.1f}", "≥ 5", ratio >= 5,
+        f"{count} 12 MP JPEGs, sidecars, instant model, captiond Parallel 1 and photo-tagger --workers 1, wall time "
+        f"of each command (start-up included); photo-tagger wrote {theirs['sidecars']} sidecars "
+        f"(exit {theirs['exit_code']}); peak RSS {theirs['peak_rss_mb']} MB against captiond's "
+        f"{megabytes(ours.run.memory.peak_kilobytes)} MB"))
+    return result
+
+
 BENCHMARKS = {"B1": throughput, "B2": busy_ratio, "B3": watch_latency, "B4": rescan, "B5": memory,
-              "B6": prepare_times, "B7": combined_requests, "B8": duplicate_library}
+              "B6": prepare_times, "B7": combined_requests, "B8": duplicate_library, "B9": peer_side_by_side}
