@@ -64,6 +64,8 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("captiond/progress.py", "", "logging / progress"),
     ("captiond/cli.py", "add", "logging / progress"),
     ("captiond/cli.py", "record", "logging / progress"),
+    ("captiond/backfill.py", "add", "logging / progress"),  # the run use case and its Summary, once moved there
+    ("captiond/backfill.py", "record", "logging / progress"),
     ("captiond/apps.py", "", "logging / progress"),
 )
 # Threads whose stack matches nothing: their CPU is charged to this.
@@ -136,6 +138,8 @@ class StageSampler:
             self._last[thread.native_id] = seconds
             if used > 0:
                 stage = stage_of(frames.get(thread.ident))
+                if stage == UNMATCHED and thread is threading.main_thread():
+                    stage = "startup and scan"  # whatever module the command's main line lives in
                 self.stages[stage] += used
                 self.threads[thread.name.split("_")[0]] += used
         self.samples += 1
