@@ -52,8 +52,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = DEADLINE) -> bool:
 Process = Callable[..., Outcome]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def exiftool() -> Iterator[Exiftool]:
+    """One exiftool for the module, as the daemon keeps one for all files (starting one costs CPU)."""
     with Exiftool() as running:
         yield running
 
