@@ -391,8 +391,9 @@ def test_a_responses_uri_gets_photoprisms_responses_body(tmp_path: Path, origina
     assert (request.headers["openai-organization"], request.headers["openai-project"]) == ("org-1", "proj-1")
     body = request.body
     assert body["model"] == "gpt-5-mini"  # verbatim, no :latest
-    assert body["max_output_tokens"] == 300
+    assert body["max_output_tokens"] == 512  # PhotoPrism raises a caption's MaxOutputTokens below 512 to 512
     assert "temperature" not in body and "top_p" not in body  # GPT-5 models take no sampling parameters
+    assert body["reasoning"] == {"effort": "low"}  # PhotoPrism's for every GPT-5 model
     user = body["input"][-1]
     assert user["role"] == "user"
     assert [part["type"] for part in user["content"]] == ["input_text", "input_image"]
@@ -467,3 +468,73 @@ def test_the_vision_service_format_is_named_and_left_to_photoprism(tmp_path: Pat
     model = caption(config)
     assert not model.usable
     assert any("PhotoPrism's own Vision service API" in warning for warning in config.warnings)
+
+
+# --- options, model names and prompts as PhotoPrism's engines set them ---------------------------------------------
+
+def labels(config: Config) -> ModelConfig:
+    model = config.model("labels")
+    assert model is not None
+    return model
+
+
+def test_ollama_option_defaults_per_model_type_are_photoprisms(tmp_path: Path) -> None:
+    # engine_ollama.go ollamaDefaults.Options: caption temperature 0.1; labels also top_p 0.9 and stop ["\n\n"].
+    # GetOptions fills a default where the file's value is unset or 0 and caps Temperature at 2; zero values are
+    # not sent (omitempty). num_predict is captiond's bound on an answer (PhotoPrism sends none).
+    config = load(tmp_path, r"""
+        Models:
+          - Type: caption
+            Model: gemma3
+            Engine: ollama
+            Options: {Temperature: 5, TopK: 0, Seed: 0}
+          - Type: labels
+            Model: gemma3:4b
+            Engine: ollama
+            Options: {Temperature: 0, Seed: 3407, MaxOutputTokens: 300}
+        """)
+
+    assert dict(caption(config).options) == {"temperature": 2.0, "num_predict": 256}
+    assert dict(labels(config).options) == {"seed": 3407, "temperature": 0.1, "top_p": 0.9, "stop": ["\n\n"],
+                                            "num_predict": 300}
+    assert (caption(config).model_id, labels(config).model_id) == ("gemma3:latest", "gemma3:4b")
+
+
+def test_a_labels_model_the_file_does_not_set_gets_photoprisms_labels_options(tmp_path: Path) -> None:
+    config = load(tmp_path, """
+        Models:
+          - Type: caption
+            Model: qwen2.5vl
+            Version: 3b
+            Engine: ollama
+            Options: {NumPredict: 100, TopP: 0.5}
+        """)
+
+    assert labels(config).implied
+    assert labels(config).model_id == "qwen2.5vl:3b"
+    assert dict(labels(config).options) == {"num_predict": 100, "top_p": 0.5, "temperature": 0.1, "stop": ["\n\n"]}
+
+
+def test_openai_responses_options_prompts_and_names_are_photoprisms(tmp_path: Path) -> None:
+    # engine_openai.go: Detail low, MaxOutputTokens raised to 512 (caption) / 1024 (labels), no temperature
+    # unless set; openai/defaults.go prompts; GetModel sends an OpenAI identifier verbatim, colons included.
+    config = load(tmp_path, """
+        Models:
+          - Type: caption
+            Model: gpt-5-nano:latest
+            Engine: openai
+            Options: {MaxOutputTokens: 2000, NumPredict: 50}
+          - Type: labels
+            Model: gpt-4.1-mini
+            Engine: openai
+            Options: {Temperature: 0.3, Detail: high}
+        """, {"OPENAI_BASE_URL": "https://llm.example.com/v1/"})
+
+    model = caption(config)
+    assert (model.model_id, model.service.uri) == ("gpt-5-nano:latest", "https://llm.example.com/v1/responses")
+    assert dict(model.options) == {"num_predict": 2000}
+    assert model.system.startswith("You are a PhotoPrism vision model. Return concise, user-friendly captions")
+    assert model.prompt.startswith("Provide exactly one sentence describing the key subject and action")
+    assert dict(labels(config).options) == {"temperature": 0.3, "num_predict": 1024}
+    assert labels(config).detail == "high"
+    assert labels(config).system.startswith("You are a PhotoPrism vision model. Emit JSON that matches")

@@ -84,7 +84,6 @@ RUN_TYPES: Mapping[str, RunType] = MappingProxyType(
 DEFAULT_MODEL = "gemma3:latest"
 DEFAULT_OLLAMA_BASE_URL = "http://localhost:11434"
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
-OPENAI_RESPONSES_URI = "https://api.openai.com/v1/responses"
 DEFAULT_CAPTION_PROMPT = (
     "Create a caption with exactly one sentence in the active voice that describes the main visual "
     "content. Begin with the main subject and clear action. Avoid text formatting, meta-language, "
@@ -93,8 +92,24 @@ DEFAULT_CAPTION_PROMPT = (
 DEFAULT_LABELS_PROMPT = "Analyze the image and return label objects with name, confidence (0-1), and topicality (0-1)."
 DEFAULT_PROMPTS = MappingProxyType({"caption": DEFAULT_CAPTION_PROMPT, "labels": DEFAULT_LABELS_PROMPT})
 DEFAULT_TEMPERATURE = 0.1
-DEFAULT_NUM_PREDICT = 256
-DEFAULT_LABELS_TOP_P = 0.9  # a labels model's top_p unless its Options say otherwise
+DEFAULT_LABELS_TOP_P = 0.9  # PhotoPrism's top_p of a labels model unless its Options say otherwise
+DEFAULT_NUM_PREDICT = 256  # captiond's bound on an Ollama answer when the file sets none (Ollama's own is unbounded)
+MAX_TEMPERATURE = 2.0  # PhotoPrism caps Temperature (normalizeOptions; its vision README: 0.01 to 2.0)
+# PhotoPrism's ollamaDefaults.Options (internal/ai/vision/engine_ollama.go), filled in where the file sets none.
+OLLAMA_OPTION_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "caption": MappingProxyType({"temperature": DEFAULT_TEMPERATURE}),
+    "labels": MappingProxyType({"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_LABELS_TOP_P,
+                                "stop": ("\n\n",)}),
+})
+# PhotoPrism's openaiDefaults (internal/ai/vision/engine_openai.go, openai/defaults.go): the Responses API.
+OPENAI_DETAIL = "low"
+OPENAI_MAX_OUTPUT_TOKENS = MappingProxyType({"caption": 512, "labels": 1024})  # lower values are raised to these
+OPENAI_CAPTION_SYSTEM = ("You are a PhotoPrism vision model. Return concise, user-friendly captions that describe "
+                         "the main subjects accurately.")
+OPENAI_CAPTION_PROMPT = ("Provide exactly one sentence describing the key subject and action in the image. Avoid "
+                         "filler words and technical jargon.")
+OPENAI_LABELS_SYSTEM = ("You are a PhotoPrism vision model. Emit JSON that matches the provided schema and keep "
+                        "label names short, singular nouns.")
 
 # PhotoPrism's ModelOptions: YAML key -> Ollama option name (internal/ai/vision/model_options.go).
 OPTION_NAMES: Mapping[str, str] = MappingProxyType(
@@ -213,7 +228,8 @@ class ModelConfig:
     normalize: str = ""
     detail: Detail = ""  # Options.Detail: the image detail OpenAI is asked for (auto, low, high)
     resolution: int = 720
-    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # as sent (engine_options)
+    given_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # as the file sets them
     service: Service = field(default_factory=lambda: Service(uri=f"{DEFAULT_OLLAMA_BASE_URL}/api/generate"))
     default: bool = False
     disabled: bool = False
@@ -222,10 +238,15 @@ class ModelConfig:
 
     @property
     def model_id(self) -> str:
-        """Return the model name as sent to the server (name:version when a Version is set; OpenAI: verbatim)."""
-        if self.version and ":" not in self.name and self.engine != "openai":
-            return f"{self.name}:{self.version}"
-        return self.name
+        """Return the model name as sent to the server, as PhotoPrism's GetModel makes it.
+
+        Ollama: name:version, the version defaulting to latest (`gemma3` is `gemma3:latest`). OpenAI-compatible
+        services: the name verbatim, colons included.
+        """
+        name, _, tag = self.name.partition(":")
+        if self.engine == "openai" or not name:
+            return self.name
+        return f"{name}:{tag or self.version or 'latest'}"
 
     def should_run(self, when: str) -> bool:
         """Return whether PhotoPrism runs this model in a context (`manual`: `vision run`; `newly-indexed`, ...).
@@ -348,6 +369,25 @@ class Config:
         return dataclasses.replace(self, daemon=dataclasses.replace(self.daemon, **changes))
 
 
+def is_responses_uri(uri: str) -> bool:
+    """Return whether a Uri is a Responses API endpoint (`.../v1/responses`)."""
+    return uri.split("?", 1)[0].rstrip("/").endswith("/responses")
+
+
+def default_prompt(model_type: str, responses: bool) -> str:
+    """Return PhotoPrism's default prompt for a model type (its openai engine's on the Responses API)."""
+    if responses and model_type == "caption":
+        return OPENAI_CAPTION_PROMPT
+    return DEFAULT_PROMPTS.get(model_type, "")
+
+
+def default_system(model_type: str, responses: bool) -> str:
+    """Return PhotoPrism's default system prompt on the Responses API ("": the pipeline's Ollama default)."""
+    if not responses:
+        return ""
+    return {"caption": OPENAI_CAPTION_SYSTEM, "labels": OPENAI_LABELS_SYSTEM}.get(model_type, "")
+
+
 def default_state_dir(environ: Mapping[str, str]) -> Path:
     """Return systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME/captiond, else ~/.local/state/captiond."""
     if environ.get("STATE_DIRECTORY"):
@@ -412,9 +452,11 @@ def parse_config(document: Any, environ: Mapping[str, str], path: Path | None) -
         # No labels model captiond can run: ask the caption model for labels (PhotoPrism's built-in labels
         # model is TensorFlow, which captiond does not run).
         caption = next(model for model in reversed(models) if model.type == "caption" and not model.disabled)
-        options = MappingProxyType({**caption.options, "top_p": DEFAULT_LABELS_TOP_P})
-        models = (*models, dataclasses.replace(caption, index=len(models), type="labels",
-                                               prompt=DEFAULT_LABELS_PROMPT, system="", implied=True, options=options))
+        responses = caption.service.request_format == "openai" and is_responses_uri(caption.service.uri)
+        models = (*models, dataclasses.replace(
+            caption, index=len(models), type="labels", prompt=default_prompt("labels", responses),
+            system=default_system("labels", responses), implied=True,
+            options=engine_options(caption.given_options, "labels", caption.service.request_format, responses)))
     return Config(models, thresholds, daemon, path, tuple(reader.warnings))
 
 
@@ -516,6 +558,35 @@ def _variable(name: str, environ: Mapping[str, str], suffixes: tuple[str, ...] |
     if not value:
         notes.append(f"environment variable {name} is not set")
     return value
+
+
+def engine_options(given: Mapping[str, Any], model_type: str, request_format: str,
+                   responses: bool) -> Mapping[str, Any]:
+    """Return the options a request carries: the file's, with PhotoPrism's engine defaults where it sets none.
+
+    As PhotoPrism's GetOptions: a zero value counts as unset (its fields are `omitempty`), Temperature is capped.
+    Ollama: temperature 0.1, labels also top_p 0.9 and stop ["\\n\\n"]; `num_predict` is NumPredict, else
+    MaxOutputTokens, else captiond's bound. The Responses API: `num_predict` holds max_output_tokens, raised to
+    512 (caption) or 1024 (labels) as PhotoPrism raises it; NumPredict is Ollama's and not sent there.
+    """
+    options: dict[str, Any] = {name: value for name, value in given.items()
+                               if not (value is False or value == 0 or value == [])}
+    if responses:
+        options.pop("num_predict", None)
+        floor = OPENAI_MAX_OUTPUT_TOKENS.get(model_type, OPENAI_MAX_OUTPUT_TOKENS["caption"])
+        options["num_predict"] = max(int(options.pop("max_output_tokens", 0)), floor)
+    else:
+        defaults = OLLAMA_OPTION_DEFAULTS.get(model_type, OLLAMA_OPTION_DEFAULTS["caption"])
+        if request_format != "ollama":  # a local OpenAI-compatible server (Chat Completions): captiond's own
+            defaults = {"temperature": DEFAULT_TEMPERATURE,
+                        **({"top_p": DEFAULT_LABELS_TOP_P} if model_type == "labels" else {})}
+        for name, value in defaults.items():
+            options.setdefault(name, list(value) if isinstance(value, tuple) else value)
+        limit = options.pop("max_output_tokens", None)
+        options.setdefault("num_predict", limit or DEFAULT_NUM_PREDICT)
+    if "temperature" in options:
+        options["temperature"] = min(options["temperature"], MAX_TEMPERATURE)
+    return MappingProxyType(options)
 
 
 def parse_duration(value: Any) -> float | None:
@@ -758,7 +829,8 @@ class _Reader:
         name = self.string(entry, "Model", where, "") or self.string(entry, "Name", where, "")
         service_model = self.string(self.mapping(entry.get("Service"), f"{where}.Service"), "Model", where, "")
         name = service_model or name or self.environ.get("OLLAMA_MODEL", "") or DEFAULT_MODEL
-        options = self.options(entry.get("Options"), f"{where}.Options", model_type)
+        given = self.options(entry.get("Options"), f"{where}.Options")
+        responses = service.request_format == "openai" and is_responses_uri(service.uri)
         for key in ("Schema", "SchemaFile"):
             if entry.get(key) and model_type in CAPTIOND_TYPES:
                 self.warnings.append(f"{where}.{key}: captiond asks for labels with its own JSON schema; "
@@ -770,15 +842,16 @@ class _Reader:
             version=self.string(entry, "Version", where, ""),
             engine=engine,
             run=self.run_type(entry, where),
-            prompt=self.string(entry, "Prompt", where, DEFAULT_PROMPTS.get(model_type, "")),
-            system=self.string(entry, "System", where, ""),
+            prompt=self.string(entry, "Prompt", where, default_prompt(model_type, responses)),
+            system=self.string(entry, "System", where, default_system(model_type, responses)),
             format=self.string(entry, "Format", where, ""),
             normalize=({False: "false", True: ""}[entry["Normalize"]] if isinstance(entry.get("Normalize"), bool)
                        else self.string(entry, "Normalize", where, "")),  # `Normalize: false`, as documented
             detail=self.choice(self.mapping(entry.get("Options"), f"{where}.Options"), "Detail", f"{where}.Options",
                                "", ("", *DETAILS)),
             resolution=self.positive_int(entry, "Resolution", where, 720),
-            options=options,
+            options=engine_options(given, model_type, service.request_format, responses),
+            given_options=given,
             service=service,
             default=self.boolean(entry, "Default", where, False),
             disabled=self.boolean(entry, "Disabled", where, False),
@@ -819,7 +892,9 @@ class _Reader:
         response_format = self.choice(mapping, "ResponseFormat", where, request_format, API_FORMATS)
         if not uri:
             if request_format == "openai":
-                uri = OPENAI_RESPONSES_URI  # PhotoPrism's default for Engine: openai
+                # PhotoPrism's default for Engine: openai: ${OPENAI_BASE_URL}/responses (engine_base_url.go)
+                base = self.environ.get("OPENAI_BASE_URL", "").strip().rstrip("/") or DEFAULT_OPENAI_BASE_URL
+                uri = f"{base}/responses"
             else:
                 uri = f"{ollama_base_url(self.environ, DEFAULT_OLLAMA_BASE_URL)}/api/generate"
         elif not re.match(r"^https?://[^/\s]+", uri):
@@ -938,11 +1013,10 @@ class _Reader:
             found[str(model_type)] = self.endpoint_list(entries, f"Daemon.Endpoints.{model_type}")
         return found
 
-    def options(self, value: Any, where: str, model_type: str) -> Mapping[str, Any]:
+    def options(self, value: Any, where: str) -> Mapping[str, Any]:
+        """Return the options the file sets, under Ollama's names (engine defaults come later: engine_options)."""
         mapping = self.mapping(value, where)
-        options: dict[str, Any] = {"temperature": DEFAULT_TEMPERATURE, "num_predict": DEFAULT_NUM_PREDICT}
-        if model_type == "labels":
-            options["top_p"] = DEFAULT_LABELS_TOP_P
+        options: dict[str, Any] = {}
         for key in mapping:
             option_value = self.value(mapping, key, where)
             if key in PHOTOPRISM_ONLY_OPTIONS:
@@ -971,8 +1045,6 @@ class _Reader:
                 self.problem(f"{where}.{key}", f"expected a positive integer, got {_kind(option_value)}")
                 continue
             options[OPTION_NAMES[key]] = option_value
-        if "max_output_tokens" in options:
-            options["num_predict"] = options.pop("max_output_tokens")
         return MappingProxyType(options)
 
     def thresholds(self, value: Any) -> Thresholds:

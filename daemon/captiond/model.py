@@ -35,7 +35,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from . import transport
 from .backoff import Backoff
-from .config import DaemonConfig, Endpoint, ModelConfig, RetryPolicy, Think
+from .config import DaemonConfig, Endpoint, ModelConfig, RetryPolicy, Think, is_responses_uri
 from .endpoints import EndpointPool, EndpointState
 from .errors import (
     AllEndpointsDown,
@@ -49,7 +49,7 @@ from .errors import (
     ServerUnreachable,
     TransientModelError,
 )
-from .responses import is_responses_uri, parse_responses, responses_body
+from .responses import parse_responses, responses_body
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,10 @@
 """OpenAI's Responses API (`/v1/responses`), the body PhotoPrism's `Engine: openai` sends, and its answer.
 
-Request (PhotoPrism's internal/ai/vision/openai/transport.go): `input` messages of `input_text` and
-`input_image` parts (the image always as a data URL), `max_output_tokens`, `temperature`/`top_p` (left out
-for GPT-5 models, as PhotoPrism does), `text.format` json_schema for labels, `reasoning.effort` from Think.
+Request (PhotoPrism's internal/ai/vision/api_request.go openAIJSON, openai/transport.go): `input` messages of
+`input_text` and `input_image` parts (the image always as a data URL, `detail` low unless Options.Detail says
+otherwise), `max_output_tokens` (at least 512 for captions, 1024 for labels), `temperature`/`top_p` only when
+set and never for GPT-5 models, which get `reasoning.effort` low; `service_tier` from Tier; `text.format`
+json_schema for labels.
 Answer: `output[].content[]` parts of type `output_text` (or `json`); not streamed.
 """
 
@@ -12,38 +14,34 @@ import base64
 import json
 from typing import Any
 
-from .config import ModelConfig
-
-
-def is_responses_uri(uri: str) -> bool:
-    """Return whether a Uri is a Responses API endpoint (`.../v1/responses`)."""
-    return uri.rstrip("/").endswith("/responses")
+from .config import OPENAI_DETAIL, ModelConfig
 
 
 def responses_body(model: ModelConfig, jpeg: bytes, prompt: str, system: str,
                    schema: dict[str, Any] | None) -> dict[str, Any]:
-    """Return the Responses API request for one JPEG, as PhotoPrism builds it."""
+    """Return the Responses API request for one JPEG, as PhotoPrism's openAIJSON builds it (api_request.go)."""
     image: dict[str, Any] = {"type": "input_image",
-                             "image_url": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")}
-    if model.detail:
-        image["detail"] = model.detail
+                             "image_url": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii"),
+                             "detail": model.detail or OPENAI_DETAIL}
     messages: list[dict[str, Any]] = []
-    if system:
-        messages.append({"role": "system", "content": [{"type": "input_text", "text": system}]})
-    messages.append({"role": "user", "content": [{"type": "input_text", "text": prompt}, image]})
+    if system.strip():
+        messages.append({"role": "system", "type": "message",
+                         "content": [{"type": "input_text", "text": system.strip()}]})
+    messages.append({"role": "user", "type": "message",
+                     "content": [{"type": "input_text", "text": prompt.strip()}, image]})
     options = model.options
     body: dict[str, Any] = {"model": model.model_id, "input": messages,
                             "max_output_tokens": options.get("num_predict")}
-    if not model.model_id.lower().startswith("gpt-5"):  # GPT-5 models refuse sampling parameters
-        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
-            if options.get(name):
-                body[name] = options[name]
+    gpt5 = model.model_id.lower().startswith("gpt-5")
+    if gpt5:
+        body["reasoning"] = {"effort": "low"}  # PhotoPrism's for every GPT-5 model; Service.Think is not sent
+    names = ("presence_penalty", "frequency_penalty") if gpt5 else (  # GPT-5 takes no temperature or top_p
+        "temperature", "top_p", "presence_penalty", "frequency_penalty")
+    body.update({name: options[name] for name in names if options.get(name)})
     if model.service.tier:
         body["service_tier"] = model.service.tier
     if schema is not None:
         body["text"] = {"format": {"type": "json_schema", "name": "labels", "schema": schema, "strict": True}}
-    if model.service.think.effort:
-        body["reasoning"] = {"effort": model.service.think.effort}
     return body
 
 
