@@ -26,8 +26,8 @@ from captiond.config import (
     load_config,
 )
 from captiond.errors import ConfigError
-from conftest import add_fixture, read_tags, run_captiond
-from emulator import OllamaEmulator
+from conftest import FIXTURES, add_fixture, read_tags, run_captiond
+from emulator import OllamaEmulator, RecordedRequest, default_reply
 
 ROOT = Path(__file__).parent.parent
 READER = Path(__file__).parent / "photoprism" / "vision_reader.go"
@@ -538,3 +538,229 @@ def test_openai_responses_options_prompts_and_names_are_photoprisms(tmp_path: Pa
     assert dict(labels(config).options) == {"temperature": 0.3, "num_predict": 1024}
     assert labels(config).detail == "high"
     assert labels(config).system.startswith("You are a PhotoPrism vision model. Emit JSON that matches")
+
+
+# --- PhotoPrism's documented example configs (tests/fixtures/photoprism-vision, origins in tests/fixtures/README.md)
+# load in captiond and produce the request PhotoPrism sends: endpoint, model, prompt, system, options, image
+# scheme, think. Each expectation below is read from PhotoPrism's code (internal/ai/vision: engine_ollama.go,
+# engine_openai.go, model.go GetModel/GetOptions/GetPrompt/GetSystemPrompt, labels.go, api_request.go openAIJSON,
+# ollama/const.go, openai/defaults.go, schema/labels.go), not from captiond's.
+
+EXAMPLES = FIXTURES / "photoprism-vision"
+OLLAMA_CAPTION_PROMPT = ("Create a caption with exactly one sentence in the active voice that describes the main "
+                         "visual content. Begin with the main subject and clear action. Avoid text formatting, "
+                         "meta-language, and filler words.")
+OLLAMA_LABELS_SYSTEM = ("You are a PhotoPrism vision model. Output concise JSON that matches the schema. Each label "
+                        "name MUST be a single-word noun in its canonical singular form. Avoid spaces, punctuation, "
+                        "emoji, or descriptive phrases.")
+LABELS_PROMPT = "Analyze the image and return label objects with name, confidence (0-1), and topicality (0-1)."
+# labels.go: the prompt, a blank line, model.SchemaInstructions(): Ollama's example document (schema.LabelsJson)
+OLLAMA_SCHEMA = ('Return JSON that matches this schema:\n{\n  "labels": [{\n    "name": "",\n    "confidence": 0,\n'
+                 '    "topicality": 0 }]\n}')
+OPENAI_CAPTION_SYSTEM = ("You are a PhotoPrism vision model. Return concise, user-friendly captions that describe the "
+                         "main subjects accurately.")
+OPENAI_CAPTION_PROMPT = ("Provide exactly one sentence describing the key subject and action in the image. Avoid "
+                         "filler words and technical jargon.")
+OPENAI_LABELS_SYSTEM = ("You are a PhotoPrism vision model. Emit JSON that matches the provided schema and keep label "
+                        "names short, singular nouns.")
+# schema.LabelsJsonSchemaDefault: in the OpenAI labels prompt and as text.format's schema
+OPENAI_LABELS_SCHEMA = {
+    "type": "object",
+    "properties": {"labels": {"type": "array", "items": {
+        "type": "object",
+        "properties": {"name": {"type": "string", "minLength": 1},
+                       "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                       "topicality": {"type": "number", "minimum": 0, "maximum": 1}},
+        "required": ["name", "confidence", "topicality"], "additionalProperties": False}, "default": []}},
+    "required": ["labels"], "additionalProperties": False}
+OLLAMA_CAPTION_OPTIONS = {"temperature": 0.1}
+OLLAMA_LABELS_OPTIONS = {"temperature": 0.1, "top_p": 0.9, "stop": ["\n\n"]}
+QWEN_LABELS_PROMPT = (
+    "Analyze the image and return JSON label objects with name, confidence (0-1), and topicality (0-1):\n"
+    "- Return AT MOST 3 labels.\n- Each label name MUST be a single-word noun in canonical singular form.\n"
+    "- Do NOT repeat the same label name more than once.\n"
+    "- Do NOT add any fields other than name, confidence, topicality.\n"
+    "- Do NOT output any text before or after the JSON.\n")
+QWEN_CAPTION_PROMPT = (
+    "Write one or two concise sentences that describe the main subject, key actions, and setting of the image:\n"
+    "- Describe only what is clearly visible in the image; do not invent names, ages, or backstories.\n"
+    "- Use natural, fluent language without bullet points or lists.\n"
+    '- Do NOT start with phrases like "The image shows" or "In this picture".\n'
+    "- Do NOT mention camera settings, image quality, filters, or art style unless they are essential to "
+    "understanding the content.\n- Do NOT include quotation marks around the caption.\n"
+    "- Respond with the caption text only, and nothing else.\n")
+
+
+def ollama(model: str, prompt: str, options: dict[str, object], system: str = "",
+           path: str = "/api/generate") -> dict[str, object]:
+    """The Ollama request PhotoPrism sends: plain base64 images, think false (the engine's default)."""
+    return {"path": path, "model": model, "prompt": prompt, "system": system, "options": options, "think": False,
+            "image": "base64"}
+
+
+def openai(model: str, system: str, prompt: str, max_output_tokens: int, detail: str = "low",
+           **extra: object) -> dict[str, object]:
+    """The Responses API request PhotoPrism's openai engine sends: a data URL, GPT-5 reasoning effort low."""
+    return {"path": "/v1/responses", "model": model, "system": system, "prompt": prompt,
+            "max_output_tokens": max_output_tokens, "detail": detail, "image": "data", **extra}
+
+
+EXPECTED: dict[str, dict[str, dict[str, object]]] = {
+    "testdata-vision.yml": {
+        "caption": ollama("gemma4:latest", OLLAMA_CAPTION_PROMPT, OLLAMA_CAPTION_OPTIONS)},
+    "testdata-vision-251130.yml": {
+        "caption": ollama("gemma3:latest", OLLAMA_CAPTION_PROMPT, OLLAMA_CAPTION_OPTIONS)},
+    "docs-using-ollama.yml": {
+        "caption": ollama("gemma3:latest", OLLAMA_CAPTION_PROMPT, OLLAMA_CAPTION_OPTIONS),
+        "labels": ollama("gemma3:latest", f"{LABELS_PROMPT}\n\n{OLLAMA_SCHEMA}", OLLAMA_LABELS_OPTIONS,
+                         OLLAMA_LABELS_SYSTEM)},
+    "docs-using-ollama-thinking.yml": {
+        "caption": ollama("qwen3-vl:235b-instruct", OLLAMA_CAPTION_PROMPT, OLLAMA_CAPTION_OPTIONS)},
+    "docs-ollama-cloud.yml": {
+        "caption": ollama("minimax-m3:cloud", OLLAMA_CAPTION_PROMPT, OLLAMA_CAPTION_OPTIONS),
+        "labels": ollama("minimax-m3:cloud", f"{LABELS_PROMPT}\n\n{OLLAMA_SCHEMA}", OLLAMA_LABELS_OPTIONS,
+                         OLLAMA_LABELS_SYSTEM)},
+    "docs-ollama-models-phrase.yml": {  # PhotoPrism keeps its single-word system prompt: the docs say to set System
+        "labels": ollama("qwen3.5:4b", f"{LABELS_PROMPT}\n\n{OLLAMA_SCHEMA}", OLLAMA_LABELS_OPTIONS,
+                         OLLAMA_LABELS_SYSTEM)},
+    "docs-ollama-models-gemma4-labels.yml": {
+        "labels": ollama("gemma4:latest", f"{LABELS_PROMPT}\n\n{OLLAMA_SCHEMA}", OLLAMA_LABELS_OPTIONS,
+                         OLLAMA_LABELS_SYSTEM)},
+    "docs-ollama-models-gemma4-caption.yml": {  # a folded scalar ends in a line break, sent as written
+        "caption": ollama("gemma4:latest", OLLAMA_CAPTION_PROMPT + "\n", OLLAMA_CAPTION_OPTIONS)},
+    "docs-ollama-models-qwen35-labels.yml": {  # labels.go trims the prompt before the schema is appended
+        "labels": ollama("qwen3.5:4b", f"{QWEN_LABELS_PROMPT.strip()}\n\n{OLLAMA_SCHEMA}",
+                         {"seed": 3407, "temperature": 0.01, "top_k": 40, "top_p": 0.9, "min_p": 0.05,
+                          "typical_p": 1.0, "repeat_last_n": 128, "repeat_penalty": 1.2, "num_predict": 512,
+                          "stop": ["\n\n"]}, OLLAMA_LABELS_SYSTEM)},
+    "docs-ollama-models-qwen35-caption.yml": {
+        "caption": ollama("qwen3.5:4b", QWEN_CAPTION_PROMPT,
+                          {"seed": 3407, "temperature": 0.25, "top_k": 20, "top_p": 0.8, "min_p": 0.05,
+                           "typical_p": 1.0, "repeat_last_n": 64, "repeat_penalty": 1.1, "num_predict": 128},
+                          "You are an image captioning assistant.")},
+    "readme-ollama-labels.yml": {
+        "labels": ollama("gemma4:latest", f"{LABELS_PROMPT}\n\n{OLLAMA_SCHEMA}", OLLAMA_LABELS_OPTIONS,
+                         OLLAMA_LABELS_SYSTEM)},
+    "readme-ollama-labels-phrase.yml": {
+        "labels": ollama("gemma4:latest", f"{LABELS_PROMPT}\n\n{OLLAMA_SCHEMA}", OLLAMA_LABELS_OPTIONS,
+                         "You are a PhotoPrism vision model. Output concise JSON that matches the schema.\n")},
+    "docs-using-openai.yml": {
+        "caption": openai("gpt-5-nano", OPENAI_CAPTION_SYSTEM, OPENAI_CAPTION_PROMPT, 512),
+        "labels": openai("gpt-5-mini", OPENAI_LABELS_SYSTEM,
+                         f"{LABELS_PROMPT}\n\nReturn JSON that matches this schema:\n", 1024)},
+    "docs-using-openai-labels-prompt.yml": {
+        "labels": openai("gpt-5-mini", OPENAI_LABELS_SYSTEM,
+                         "Analyze the image and return up to 3 label objects with German singular name, confidence "
+                         "(0-1), and topicality (0-1).\n\nReturn JSON that matches this schema:\n", 1024)},
+    "docs-using-openai-caption-prompt.yml": {
+        "caption": openai("gpt-5-mini", OPENAI_CAPTION_SYSTEM,
+                          "Provide one or two German sentences describing the key subject and action in the image. "
+                          "Avoid filler words and technical jargon.", 512)},
+    "readme-openai-captions.yml": {
+        "caption": openai("gpt-5-mini", OPENAI_CAPTION_SYSTEM, OPENAI_CAPTION_PROMPT, 512,
+                          headers={"openai-organization": "org-1", "openai-project": "proj-1"})},
+}
+# Examples with no model captiond runs: PhotoPrism's built-in ONNX/TensorFlow models and its Vision service.
+LEFT_TO_PHOTOPRISM = ["testdata-vision-250707.yml", "testdata-vision-custom-tensorflow.yml",
+                      "readme-builtin-defaults.yml", "readme-onnx-labels.yml"]
+EXAMPLE_ENVIRONMENT = {"OPENAI_API_KEY": "sk-test", "OPENAI_ORG": "org-1", "OPENAI_PROJECT": "proj-1",
+                       "OLLAMA_API_KEY": ""}
+
+
+def test_every_photoprism_example_is_a_fixture_with_an_expectation() -> None:
+    assert sorted(path.name for path in EXAMPLES.glob("*.yml")) == sorted([*EXPECTED, *LEFT_TO_PHOTOPRISM])
+
+
+def example_config(name: str, tmp_path: Path, url: str) -> Path:
+    """Return the example pointed at the emulator (only its hosts rewritten), with captiond's test settings added."""
+    text = (EXAMPLES / name).read_text().replace("http://ollama:11434", url).replace("https://api.openai.com", url)
+    daemon = {"StateDir": str(tmp_path / "state"), "SelfTest": False, "CacheSize": 0, "Timeout": 20,
+              "Retry": {"Attempts": 2, "Delay": 0.05, "MaxDelay": 0.2, "Total": 20}}
+    path = tmp_path / name
+    path.write_text(text + yaml.safe_dump({"Daemon": daemon}))
+    return path
+
+
+def prompt_and_system(body: dict[str, object]) -> tuple[str, str]:
+    """Return the prompt and system prompt of an Ollama or Responses API request."""
+    if "input" not in body:
+        return str(body.get("prompt", "")), str(body.get("system", ""))
+    texts = {message["role"]: [part.get("text", "") for part in message["content"]  # type: ignore[index]
+                               if part.get("type") == "input_text"][0] for message in body["input"]}  # type: ignore[attr-defined]
+    return texts.get("user", ""), texts.get("system", "")
+
+
+LABELS_ANSWER = '{"labels":[{"name":"cat","confidence":0.9,"topicality":0.8}]}'
+
+
+def answer(body: dict[str, object]) -> str:
+    """The emulator's answer: labels JSON to a labels request, its usual caption otherwise."""
+    prompt, _ = prompt_and_system(body)
+    return LABELS_ANSWER if "label objects" in prompt else default_reply(body)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_photoprisms_example_configs_send_photoprisms_request(name: str, tmp_path: Path, originals: Path,
+                                                              emulator: OllamaEmulator) -> None:
+    expected = EXPECTED[name]
+    emulator.reply = answer
+    for model in ("gemma3:latest", *(str(request["model"]) for request in expected.values())):
+        emulator.models[model] = ["completion", "vision"]
+    add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    environ = {**EXAMPLE_ENVIRONMENT, "OLLAMA_BASE_URL": emulator.url, "OPENAI_BASE_URL": f"{emulator.url}/v1"}
+    config = example_config(name, tmp_path, emulator.url)
+
+    result = run_captiond("run", "--config", config, "--originals", originals, "-m", ",".join(expected), env=environ)
+
+    assert result.exit_code == 0, result.stderr
+    requests = emulator.generation_requests()
+    for model_type, request in expected.items():
+        sent = [each for each in requests if each.body["model"] == request["model"]
+                and ("label objects" in prompt_and_system(each.body)[0]) == (model_type == "labels")]
+        assert len(sent) == 1, (model_type, [each.body.get("model") for each in requests])
+        check_request(sent[0], request)
+
+
+def check_request(sent: RecordedRequest, expected: dict[str, object]) -> None:
+    """Compare a captured request with PhotoPrism's: endpoint, model, prompt, system, options, image scheme, think."""
+    body = sent.body
+    prompt, system = prompt_and_system(body)
+    assert sent.path == expected["path"]
+    assert body["model"] == expected["model"]
+    assert system == expected["system"]
+    if sent.path == "/v1/responses":
+        schema_text = "Return JSON that matches this schema:\n"
+        if str(expected["prompt"]).endswith(schema_text):  # the schema follows as text: compare it as JSON
+            assert prompt.startswith(str(expected["prompt"]))
+            assert json.loads(prompt[len(str(expected["prompt"])):]) == OPENAI_LABELS_SCHEMA
+            assert body["text"]["format"]["schema"] == OPENAI_LABELS_SCHEMA
+        else:
+            assert prompt == expected["prompt"]
+            assert "text" not in body
+        assert body["max_output_tokens"] == expected["max_output_tokens"]
+        image = body["input"][-1]["content"][-1]
+        assert (image["type"], image["detail"]) == ("input_image", expected["detail"])
+        assert image["image_url"].startswith("data:image/jpeg;base64,")
+        assert body["reasoning"] == {"effort": "low"}  # every example is a GPT-5 model
+        assert "temperature" not in body and "top_p" not in body
+        assert sent.headers["authorization"] == "Bearer sk-test"
+        for header, value in dict(expected.get("headers", {})).items():  # type: ignore[call-overload]
+            assert sent.headers[header] == value
+    else:
+        assert prompt == expected["prompt"]
+        options = dict(body["options"])
+        assert options.pop("num_predict") == dict(expected["options"]).get("num_predict", 256)  # type: ignore[call-overload]
+        assert options == {key: value for key, value in dict(expected["options"]).items()  # type: ignore[call-overload]
+                           if key != "num_predict"}
+        assert body["think"] is expected["think"]
+        assert not body["images"][0].startswith("data:")  # plain base64, whatever FileScheme says
+        assert "authorization" not in sent.headers  # OLLAMA_API_KEY is empty
+
+
+@pytest.mark.parametrize("name", LEFT_TO_PHOTOPRISM)
+def test_photoprisms_examples_for_its_own_models_load_and_are_left_to_it(name: str, tmp_path: Path) -> None:
+    config = load_config(example_config(name, tmp_path, "http://127.0.0.1:9"), {})
+
+    entries = len(yaml.safe_load((EXAMPLES / name).read_text())["Models"])
+    assert [model for model in config.models[:entries] if model.usable] == []
+    assert config.model("caption") is not None  # captiond's own default caption model

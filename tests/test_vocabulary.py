@@ -47,7 +47,7 @@ def test_mypy_reports_a_misspelt_mode_status_or_row_state(tmp_path: Path) -> Non
 
 def test_the_values_are_the_words_of_vision_yml_and_the_database() -> None:
     assert WRITE_MODES == ("sidecar", "embedded") and WATCHERS == ("auto", "inotify", "polling")
-    assert API_FORMATS == ("ollama", "openai", "vision") and KNOWN_ENGINES[:2] == ("ollama", "openai")
+    assert API_FORMATS == ("ollama", "openai", "vision", "url", "images") and KNOWN_ENGINES[:2] == ("ollama", "openai")
     assert [state.value for state in RowState] == ["pending", "running", "done", "failed", "quarantined"]
     assert Status.WOULD_CAPTION == "would caption" and f"{Status.FAILED}" == "failed"
 

@@ -7,6 +7,7 @@ reported at once as one ConfigError; unknown keys are warnings. PhotoPrism ignor
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -27,8 +28,8 @@ from .schedule import Schedule, parse_schedule
 # non-overlapping comparison, and the tuples below are read from the same types.
 # PhotoPrism's engines; captiond runs the remote ones and leaves the others to PhotoPrism.
 Engine = Literal["ollama", "openai", "tensorflow", "onnx", "local", "vision"]
-ApiFormat = Literal["ollama", "openai", "vision"]  # Service.RequestFormat and ResponseFormat
-FileScheme = Literal["base64", "data", "url"]
+ApiFormat = Literal["ollama", "openai", "vision", "url", "images"]  # Service.RequestFormat and ResponseFormat
+FileScheme = Literal["base64", "data", "https", "url"]
 RunType = Literal["auto", "never", "manual", "always", "newly-indexed", "on-demand", "on-schedule", "on-index"]
 Detail = Literal["", "auto", "low", "high"]  # Options.Detail; "": not sent
 WriteMode = Literal["sidecar", "embedded"]
@@ -40,6 +41,8 @@ CAPTIOND_TYPES = ("caption", "labels")
 REMOTE_ENGINES: tuple[Engine, ...] = ("ollama", "openai")
 KNOWN_ENGINES: tuple[Engine, ...] = get_args(Engine)
 API_FORMATS: tuple[ApiFormat, ...] = get_args(ApiFormat)
+# PhotoPrism's ApiFormats (api_format.go): its Vision service speaks vision, url and images.
+VISION_FORMATS: tuple[ApiFormat, ...] = ("vision", "url", "images")
 FILE_SCHEMES: tuple[FileScheme, ...] = get_args(FileScheme)
 WRITE_MODES: tuple[WriteMode, ...] = get_args(WriteMode)
 SIDECAR_NAMES: tuple[SidecarName, ...] = get_args(SidecarName)
@@ -108,6 +111,47 @@ OPENAI_CAPTION_SYSTEM = ("You are a PhotoPrism vision model. Return concise, use
                          "the main subjects accurately.")
 OPENAI_CAPTION_PROMPT = ("Provide exactly one sentence describing the key subject and action in the image. Avoid "
                          "filler words and technical jargon.")
+OLLAMA_LABELS_SYSTEM = ("You are a PhotoPrism vision model. Output concise JSON that matches the schema. Each label "
+                        "name MUST be a single-word noun in its canonical singular form. Avoid spaces, punctuation, "
+                        "emoji, or descriptive phrases.")
+# A labels prompt ends with PhotoPrism's SchemaInstructions (labels.go): this line and the model's schema, which is
+# Schema, SchemaFile or $PHOTOPRISM_VISION_LABEL_SCHEMA_FILE, else Ollama's example document (schema.LabelsJson)
+# or, on the Responses API, the JSON Schema (schema.LabelsJsonSchemaDefault), also sent as text.format there.
+SCHEMA_PROMPT = "Return JSON that matches this schema:\n"
+LABEL_SCHEMA_FILE_VARIABLE = "PHOTOPRISM_VISION_LABEL_SCHEMA_FILE"
+OLLAMA_LABELS_EXAMPLE = '{\n  "labels": [{\n    "name": "",\n    "confidence": 0,\n    "topicality": 0 }]\n}'
+PHOTOPRISM_LABELS_JSON_SCHEMA = """{
+  "type": "object",
+  "properties": {
+    "labels": {
+      "type": "array",
+      "items": {
+        "type": "object",
+        "properties": {
+          "name": {
+            "type": "string",
+            "minLength": 1
+          },
+          "confidence": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1
+          },
+          "topicality": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1
+          }
+        },
+        "required": ["name", "confidence", "topicality"],
+        "additionalProperties": false
+      },
+      "default": []
+    }
+  },
+  "required": ["labels"],
+  "additionalProperties": false
+}"""
 OPENAI_LABELS_SYSTEM = ("You are a PhotoPrism vision model. Emit JSON that matches the provided schema and keep "
                         "label names short, singular nouns.")
 
@@ -235,6 +279,29 @@ class ModelConfig:
     disabled: bool = False
     implied: bool = False  # not in the file: derived from the caption model
     combine_outputs: bool = False  # Options.CombineOutputs: caption and labels may share one request
+    schema: str = ""  # Schema, SchemaFile or $PHOTOPRISM_VISION_LABEL_SCHEMA_FILE ("": PhotoPrism's default)
+
+    @property
+    def responses(self) -> bool:
+        """Return whether this model is asked through OpenAI's Responses API (PhotoPrism's openai engine)."""
+        return self.service.request_format == "openai" and is_responses_uri(self.service.uri)
+
+    @property
+    def schema_instructions(self) -> str:
+        """Return PhotoPrism's SchemaInstructions, which a labels prompt ends with after a blank line."""
+        return SCHEMA_PROMPT + (self.schema or (PHOTOPRISM_LABELS_JSON_SCHEMA if self.responses
+                                                else OLLAMA_LABELS_EXAMPLE))
+
+    def labels_json_schema(self) -> dict[str, Any]:
+        """Return the JSON Schema the Responses API is given for labels: Schema when it is one, else PhotoPrism's."""
+        try:
+            document = json.loads(self.schema) if self.schema else None
+        except ValueError:
+            document = None
+        if isinstance(document, dict) and ("type" in document or "properties" in document):
+            return document
+        default: dict[str, Any] = json.loads(PHOTOPRISM_LABELS_JSON_SCHEMA)
+        return default
 
     @property
     def model_id(self) -> str:
@@ -382,9 +449,9 @@ def default_prompt(model_type: str, responses: bool) -> str:
 
 
 def default_system(model_type: str, responses: bool) -> str:
-    """Return PhotoPrism's default system prompt on the Responses API ("": the pipeline's Ollama default)."""
+    """Return PhotoPrism's default system prompt for a model type (its openai engine's on the Responses API)."""
     if not responses:
-        return ""
+        return OLLAMA_LABELS_SYSTEM if model_type == "labels" else ""
     return {"caption": OPENAI_CAPTION_SYSTEM, "labels": OPENAI_LABELS_SYSTEM}.get(model_type, "")
 
 
@@ -821,20 +888,27 @@ class _Reader:
                                 or (self.boolean(entry, "Default", where, False) and model_type != "caption")):
             # PhotoPrism's built-in models (labels, nsfw, face), run by PhotoPrism only (its EngineName)
             engine = "onnx" if "ONNX" in entry and "TensorFlow" not in entry else "tensorflow"
+        service_entry = entry.get("Service") if isinstance(entry.get("Service"), dict) else {}
+        if not engine_text and engine is None and model_type != "caption" and not any(
+                service_entry.get(key) for key in ("Uri", "RequestFormat", "Endpoints")) \
+                and model_type not in self.daemon_servers:
+            engine = "local"  # no engine and no service: PhotoPrism's local model (its EngineName), not Ollama
         if engine_text and engine is None:
             self.problem(f"{where}.Engine", f"expected one of {', '.join(KNOWN_ENGINES)}, got {_kind(engine_text)}")
         service = self.service(entry.get("Service"), f"{where}.Service", engine, model_type)
-        if engine is None:
-            engine = service.request_format
+        if engine is None:  # PhotoPrism's EngineName: the request format, its Vision service's formats are vision
+            request_format = service.request_format
+            engine = "vision" if request_format in VISION_FORMATS else "openai" if request_format == "openai" \
+                else "ollama"
         name = self.string(entry, "Model", where, "") or self.string(entry, "Name", where, "")
         service_model = self.string(self.mapping(entry.get("Service"), f"{where}.Service"), "Model", where, "")
         name = service_model or name or self.environ.get("OLLAMA_MODEL", "") or DEFAULT_MODEL
         given = self.options(entry.get("Options"), f"{where}.Options")
         responses = service.request_format == "openai" and is_responses_uri(service.uri)
         for key in ("Schema", "SchemaFile"):
-            if entry.get(key) and model_type in CAPTIOND_TYPES:
-                self.warnings.append(f"{where}.{key}: captiond asks for labels with its own JSON schema; "
-                                     f"{key} is used by PhotoPrism only")
+            if entry.get(key) and model_type == "caption":
+                self.warnings.append(f"{where}.{key}: captiond asks for plain-text captions; {key} is used by "
+                                     "PhotoPrism only")
         return ModelConfig(
             index=index,
             type=model_type,
@@ -856,7 +930,28 @@ class _Reader:
             default=self.boolean(entry, "Default", where, False),
             disabled=self.boolean(entry, "Disabled", where, False),
             combine_outputs=self.combine_outputs(entry.get("Options")),
+            schema=self.labels_schema(entry, where) if model_type == "labels" else "",
         )
+
+    def labels_schema(self, entry: Mapping[str, Any], where: str) -> str:
+        """Return the schema text a labels prompt ends with, as PhotoPrism's SchemaTemplate picks it ("": default).
+
+        $PHOTOPRISM_VISION_LABEL_SCHEMA_FILE first, then Schema, then SchemaFile; a file that cannot be read is
+        skipped with a warning, as PhotoPrism does.
+        """
+        candidates = [(LABEL_SCHEMA_FILE_VARIABLE, self.environ.get(LABEL_SCHEMA_FILE_VARIABLE, "").strip(), True),
+                      (f"{where}.Schema", self.string(entry, "Schema", where, "").strip(), False),
+                      (f"{where}.SchemaFile", self.string(entry, "SchemaFile", where, "").strip(), True)]
+        for name, value, is_file in candidates:
+            if not value:
+                continue
+            if not is_file:
+                return value
+            try:
+                return Path(value).expanduser().read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                self.warnings.append(f"{name}: cannot read the schema {value} ({exc}); it is not used")
+        return ""
 
     def combine_outputs(self, options: Any) -> bool:
         """Return PhotoPrism's Options.CombineOutputs (a string there) as a switch: any value but off/false."""
@@ -886,9 +981,9 @@ class _Reader:
         openai_uri = uri.rstrip("/").endswith(("/v1/chat/completions", "/responses"))
         inferred: ApiFormat = "openai" if engine == "openai" or openai_uri else "ollama"
         request_format = self.choice(mapping, "RequestFormat", where, inferred, API_FORMATS)
-        if request_format == "vision" and model_type in CAPTIOND_TYPES:
-            self.warnings.append(f"{where}.RequestFormat: vision is PhotoPrism's own Vision service API, which "
-                                 "captiond does not speak: this model is left to PhotoPrism")
+        if request_format in VISION_FORMATS and model_type in CAPTIOND_TYPES:
+            self.warnings.append(f"{where}.RequestFormat: {request_format} is PhotoPrism's own Vision service API, "
+                                 "which captiond does not speak: this model is left to PhotoPrism")
         response_format = self.choice(mapping, "ResponseFormat", where, request_format, API_FORMATS)
         if not uri:
             if request_format == "openai":

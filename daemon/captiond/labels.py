@@ -35,7 +35,6 @@ LABELS_SCHEMA: dict[str, Any] = {
     "required": ["labels"],
     "additionalProperties": False,
 }
-SCHEMA_INSTRUCTIONS = ('Return JSON that matches this schema:\n{"labels":[{"name":"","confidence":0,"topicality":0}]}')
 MAX_LABELS = 20
 MAX_LABEL_LENGTH = 100  # characters: a label is a word or a short phrase; longer "labels" are dropped
 MAX_JSON_STARTS = 64  # where a JSON document may start in an answer: enough for prose around it, and bounded

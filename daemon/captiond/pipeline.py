@@ -34,7 +34,6 @@ from .labels import (
     LABEL_SYSTEM,
     LABEL_SYSTEM_PHRASE,
     LABELS_SCHEMA,
-    SCHEMA_INSTRUCTIONS,
     Label,
     parse_labels,
     select_labels,
@@ -290,8 +289,8 @@ class Captioner:
         assert run.client is not None
         normalize = (run.model.normalize or default_normalize(run.model.model_id)).lower()
         system = run.model.system or (LABEL_SYSTEM if normalize == "single-word" else LABEL_SYSTEM_PHRASE)
-        prompt = (self.prompt(run.model, metadata) + self._language_instruction(" Write the label names in {}.")
-                  + "\n" + SCHEMA_INSTRUCTIONS)
+        prompt = ((self.prompt(run.model, metadata) + self._language_instruction(" Write the label names in {}."))
+                  .strip() + "\n\n" + run.model.schema_instructions)  # PhotoPrism's labels.go
         key = self._cache_key(image, "labels", run.model, prompt, system, schema=LABELS_SCHEMA)
         with self._exclusive(key):
             cached = self._cached(key)

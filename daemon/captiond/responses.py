@@ -4,7 +4,7 @@ Request (PhotoPrism's internal/ai/vision/api_request.go openAIJSON, openai/trans
 `input_text` and `input_image` parts (the image always as a data URL, `detail` low unless Options.Detail says
 otherwise), `max_output_tokens` (at least 512 for captions, 1024 for labels), `temperature`/`top_p` only when
 set and never for GPT-5 models, which get `reasoning.effort` low; `service_tier` from Tier; `text.format`
-json_schema for labels.
+json_schema for labels (PhotoPrism's schema and name, not strict).
 Answer: `output[].content[]` parts of type `output_text` (or `json`); not streamed.
 """
 
@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from .config import OPENAI_DETAIL, ModelConfig
+from .labels import LABELS_SCHEMA
 
 
 def responses_body(model: ModelConfig, jpeg: bytes, prompt: str, system: str,
@@ -41,8 +42,20 @@ def responses_body(model: ModelConfig, jpeg: bytes, prompt: str, system: str,
     if model.service.tier:
         body["service_tier"] = model.service.tier
     if schema is not None:
-        body["text"] = {"format": {"type": "json_schema", "name": "labels", "schema": schema, "strict": True}}
+        body["text"] = {"format": response_format(model, schema)}
     return body
+
+
+def response_format(model: ModelConfig, schema: dict[str, Any]) -> dict[str, Any]:
+    """Return `text.format` as PhotoPrism's buildOpenAIResponseFormat makes it (json_schema, not strict).
+
+    A labels request gets the model's labels schema (PhotoPrism's unless Schema gives one); its name is
+    PhotoPrism's JsonSchemaName, photoprism_vision_labels_v1.
+    """
+    if schema is LABELS_SCHEMA:
+        schema = model.labels_json_schema()
+    kind = "labels" if "labels" in json.dumps(schema) else "schema"
+    return {"type": "json_schema", "name": f"photoprism_vision_{kind}_v1", "schema": schema}
 
 
 def parse_responses(document: dict[str, Any]) -> tuple[str, str]:
