@@ -4,6 +4,7 @@ PhotoPrism expands them, old captiond-only forms still work with a warning, and 
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -764,3 +765,58 @@ def test_photoprisms_examples_for_its_own_models_load_and_are_left_to_it(name: s
     entries = len(yaml.safe_load((EXAMPLES / name).read_text())["Models"])
     assert [model for model in config.models[:entries] if model.usable] == []
     assert config.model("caption") is not None  # captiond's own default caption model
+
+
+def test_username_and_password_are_basic_auth_as_in_photoprism(tmp_path: Path, originals: Path,
+                                                                emulator: OllamaEmulator) -> None:
+    add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    config = write(tmp_path, f"""
+        Models:
+          - Type: caption
+            Model: qwen2.5vl:3b
+            Engine: ollama
+            Service: {{Uri: "{emulator.url}/api/generate", Username: alice, Password: "s3cret/+"}}
+        Daemon: {{StateDir: {tmp_path / "state"}, SelfTest: false}}
+        """)
+
+    result = run_captiond("run", "--config", config, "--originals", originals, env={"OLLAMA_API_KEY": ""})
+
+    assert result.exit_code == 0, result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
+    credentials = base64.b64encode(b"alice:s3cret/+").decode()
+    assert emulator.generation_requests()[0].headers["authorization"] == f"Basic {credentials}"
+
+
+def test_schema_version_names_the_responses_json_schema(tmp_path: Path, originals: Path,
+                                                         emulator: OllamaEmulator) -> None:
+    emulator.models["gpt-5-mini"] = ["completion", "vision"]
+    emulator.reply = answer
+    add_fixture(originals, "Canon_PowerShot_S40.jpg")
+    schema = tmp_path / "labels.json"
+    schema.write_text(json.dumps(OPENAI_LABELS_SCHEMA))
+    config = write(tmp_path, f"""
+        Models:
+          - Type: labels
+            Model: gpt-5-mini
+            Engine: openai
+            SchemaFile: {schema}
+            Options: {{SchemaVersion: labels_v2}}
+            Service: {{Uri: "{emulator.url}/v1/responses", Key: sk-test}}
+        Daemon: {{StateDir: {tmp_path / "state"}, SelfTest: false}}
+        """)
+
+    result = run_captiond("run", "--config", config, "--originals", originals, "-m", "labels")
+
+    assert result.exit_code == 0, result.stderr
+    body = next(request.body for request in emulator.generation_requests() if request.path == "/v1/responses")
+    assert body["text"]["format"] == {"type": "json_schema", "name": "labels_v2", "schema": OPENAI_LABELS_SCHEMA}
+    prompt, _ = prompt_and_system(body)
+    assert json.loads(prompt.split("Return JSON that matches this schema:\n", 1)[1]) == OPENAI_LABELS_SCHEMA
+    assert "SchemaVersion" not in " ".join(load_config(config, {}).warnings)
+
+
+def test_an_openai_model_without_a_name_is_photoprisms_default(tmp_path: Path) -> None:
+    document = "Models:\n  - Type: caption\n    Engine: openai\n"
+    assert caption(load(tmp_path, document)).model_id == "gpt-5-mini"
+    assert caption(load(tmp_path, document, {"OPENAI_MODEL": "gpt-5-nano", "OLLAMA_MODEL": "x"})).model_id == (
+        "gpt-5-nano")

@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar, get_args
+from urllib.parse import quote
 
 import yaml
 
@@ -85,6 +86,7 @@ RUN_TYPES: Mapping[str, RunType] = MappingProxyType(
 )
 
 DEFAULT_MODEL = "gemma3:latest"
+DEFAULT_OPENAI_MODEL = "gpt-5-mini"
 DEFAULT_OLLAMA_BASE_URL = "http://localhost:11434"
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_CAPTION_PROMPT = (
@@ -170,9 +172,10 @@ OPTION_NAMES: Mapping[str, str] = MappingProxyType(
     }
 )
 BOOLEAN_OPTIONS = frozenset({"PenalizeNewline", "LowVram", "VocabOnly", "UseMmap", "UseMlock", "Numa"})
-# Keys PhotoPrism knows that captiond accepts silently but does not use.
 # Options PhotoPrism uses for its own answer handling; captiond accepts them and says it does not use them.
-PHOTOPRISM_ONLY_OPTIONS = frozenset({"ForceJson", "SchemaVersion", "CombineOutputs"})
+PHOTOPRISM_ONLY_OPTIONS = frozenset({"ForceJson"})
+# Options captiond reads itself (model()), not sent as they are.
+READ_OPTIONS = frozenset({"Detail", "CombineOutputs", "SchemaVersion"})
 DETAILS: tuple[Detail, ...] = get_args(Detail)
 MODEL_KEYS = frozenset(
     {
@@ -280,6 +283,7 @@ class ModelConfig:
     implied: bool = False  # not in the file: derived from the caption model
     combine_outputs: bool = False  # Options.CombineOutputs: caption and labels may share one request
     schema: str = ""  # Schema, SchemaFile or $PHOTOPRISM_VISION_LABEL_SCHEMA_FILE ("": PhotoPrism's default)
+    schema_version: str = ""  # Options.SchemaVersion: the name of the Responses API's json_schema
 
     @property
     def responses(self) -> bool:
@@ -656,6 +660,15 @@ def engine_options(given: Mapping[str, Any], model_type: str, request_format: st
     return MappingProxyType(options)
 
 
+def with_user(uri: str, username: str, password: str) -> str:
+    """Return a Uri with Username/Password as its user part, unless it has one: HTTP basic auth, as in PhotoPrism."""
+    match = re.match(r"^(https?://)([^/?#]*)(.*)$", uri, re.S)
+    if not match or "@" in match.group(2):
+        return uri
+    user = quote(username, safe="") + (":" + quote(password, safe="") if password else "")
+    return f"{match.group(1)}{user}@{match.group(2)}{match.group(3)}"
+
+
 def parse_duration(value: Any) -> float | None:
     """Return seconds from a number or a string like '90', '5s', '30m', '1h', '1h30m'; None if invalid."""
     if isinstance(value, bool):
@@ -902,7 +915,10 @@ class _Reader:
                 else "ollama"
         name = self.string(entry, "Model", where, "") or self.string(entry, "Name", where, "")
         service_model = self.string(self.mapping(entry.get("Service"), f"{where}.Service"), "Model", where, "")
-        name = service_model or name or self.environ.get("OLLAMA_MODEL", "") or DEFAULT_MODEL
+        if engine == "openai":  # PhotoPrism's openai engine default: $OPENAI_MODEL, else gpt-5-mini
+            name = service_model or name or self.environ.get("OPENAI_MODEL", "").strip() or DEFAULT_OPENAI_MODEL
+        else:
+            name = service_model or name or self.environ.get("OLLAMA_MODEL", "") or DEFAULT_MODEL
         given = self.options(entry.get("Options"), f"{where}.Options")
         responses = service.request_format == "openai" and is_responses_uri(service.uri)
         for key in ("Schema", "SchemaFile"):
@@ -931,6 +947,8 @@ class _Reader:
             disabled=self.boolean(entry, "Disabled", where, False),
             combine_outputs=self.combine_outputs(entry.get("Options")),
             schema=self.labels_schema(entry, where) if model_type == "labels" else "",
+            schema_version=self.string(self.mapping(entry.get("Options"), f"{where}.Options"), "SchemaVersion",
+                                       f"{where}.Options", "").strip(),
         )
 
     def labels_schema(self, entry: Mapping[str, Any], where: str) -> str:
@@ -1003,10 +1021,6 @@ class _Reader:
         # PhotoPrism sends OpenAI a data URL and Ollama plain base64 whatever FileScheme says; so does captiond.
         file_scheme = self.choice(mapping, "FileScheme", where, "data" if request_format == "openai" else "base64",
                                   FILE_SCHEMES)
-        for name in ("Username", "Password"):
-            if mapping.get(name):
-                self.warnings.append(f"{where}.{name}: captiond sends no user name or password; use Key (a "
-                                     "Bearer token) or the address")
         disabled = self.boolean(mapping, "Disabled", where, False)
         if disabled and model_type in CAPTIOND_TYPES:
             self.warnings.append(f"{where}.Disabled: the service is disabled, so neither PhotoPrism nor captiond "
@@ -1018,6 +1032,12 @@ class _Reader:
         if think_value is None:
             self.problem(f"{where}.Think", f"expected true, false, low, medium, high or max, got {_kind(think)}")
         key = self.string(mapping, "Key", where, key_default)
+        username, password = (self.string(mapping, name, where, "") for name in ("Username", "Password"))
+        if (username or password) and not key:  # with a Key, its Bearer header wins, as in Go's client
+            register_secret(password)
+            uri = with_user(uri, username, password)
+            endpoints = tuple(dataclasses.replace(endpoint, uri=with_user(endpoint.uri, username, password))
+                              for endpoint in endpoints)
         return Service(
             uri=uri,
             method=self.choice(mapping, "Method", where, "post", ("post",)).upper(),
@@ -1117,8 +1137,8 @@ class _Reader:
             if key in PHOTOPRISM_ONLY_OPTIONS:
                 self.warnings.append(f"{where}.{key}: used by PhotoPrism only; captiond does not need it")
                 continue
-            if key == "Detail":
-                continue  # read by model(): the image detail OpenAI is asked for
+            if key in READ_OPTIONS:
+                continue  # read by model()
             if key not in OPTION_NAMES:
                 self.warnings.append(f"{where}.{key}: unknown option, ignored")
                 continue

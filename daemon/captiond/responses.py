@@ -50,12 +50,13 @@ def response_format(model: ModelConfig, schema: dict[str, Any]) -> dict[str, Any
     """Return `text.format` as PhotoPrism's buildOpenAIResponseFormat makes it (json_schema, not strict).
 
     A labels request gets the model's labels schema (PhotoPrism's unless Schema gives one); its name is
-    PhotoPrism's JsonSchemaName, photoprism_vision_labels_v1.
+    Options.SchemaVersion, else PhotoPrism's JsonSchemaName, photoprism_vision_labels_v1.
     """
     if schema is LABELS_SCHEMA:
         schema = model.labels_json_schema()
     kind = "labels" if "labels" in json.dumps(schema) else "schema"
-    return {"type": "json_schema", "name": f"photoprism_vision_{kind}_v1", "schema": schema}
+    name = model.schema_version or f"photoprism_vision_{kind}_v1"
+    return {"type": "json_schema", "name": name, "schema": schema}
 
 
 def parse_responses(document: dict[str, Any]) -> tuple[str, str]:
