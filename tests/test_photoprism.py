@@ -5,6 +5,7 @@ PhotoPrism expands them, old captiond-only forms still work with a warning, and 
 from __future__ import annotations
 
 import base64
+import io
 import itertools
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from captiond.config import (
     DEFAULT_OLLAMA_BASE_URL,
@@ -726,6 +728,8 @@ def check_request(sent: RecordedRequest, expected: dict[str, object]) -> None:
     """Compare a captured request with PhotoPrism's: endpoint, model, prompt, system, options, image scheme, think."""
     body = sent.body
     prompt, system = prompt_and_system(body)
+    with Image.open(io.BytesIO(sent.images()[0])) as image:
+        assert max(image.size) <= 720  # PhotoPrism's 720 px thumbnail (Resolution) for Ollama and OpenAI
     assert sent.path == expected["path"]
     assert body["model"] == expected["model"]
     assert system == expected["system"]
@@ -743,6 +747,7 @@ def check_request(sent: RecordedRequest, expected: dict[str, object]) -> None:
         assert (image["type"], image["detail"]) == ("input_image", expected["detail"])
         assert image["image_url"].startswith("data:image/jpeg;base64,")
         assert body["reasoning"] == {"effort": "low"}  # every example is a GPT-5 model
+        assert "think" not in body  # openAIJSON sends no think
         assert "temperature" not in body and "top_p" not in body
         assert sent.headers["authorization"] == "Bearer sk-test"
         for header, value in dict(expected.get("headers", {})).items():  # type: ignore[call-overload]
@@ -755,6 +760,8 @@ def check_request(sent: RecordedRequest, expected: dict[str, object]) -> None:
                            if key != "num_predict"}
         assert body["think"] is expected["think"]
         assert not body["images"][0].startswith("data:")  # plain base64, whatever FileScheme says
+        # captiond asks for its labels JSON schema as `format` where PhotoPrism sends "json"; a caption has none
+        assert ("format" in body) == ("label objects" in prompt)
         assert "authorization" not in sent.headers  # OLLAMA_API_KEY is empty
 
 
