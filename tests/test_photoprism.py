@@ -827,3 +827,9 @@ def test_an_openai_model_without_a_name_is_photoprisms_default(tmp_path: Path) -
     assert caption(load(tmp_path, document)).model_id == "gpt-5-mini"
     assert caption(load(tmp_path, document, {"OPENAI_MODEL": "gpt-5-nano", "OLLAMA_MODEL": "x"})).model_id == (
         "gpt-5-nano")
+
+
+def test_a_query_in_openai_base_url_moves_to_the_end_as_in_photoprism(tmp_path: Path) -> None:
+    base = "https://example.openai.azure.com/openai/v1/?api-version=preview"
+    config = load(tmp_path, "Models:\n  - Type: caption\n    Engine: openai\n", {"OPENAI_BASE_URL": base})
+    assert caption(config).service.uri == "https://example.openai.azure.com/openai/v1/responses?api-version=preview"

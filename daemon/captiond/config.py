@@ -1006,8 +1006,9 @@ class _Reader:
         if not uri:
             if request_format == "openai":
                 # PhotoPrism's default for Engine: openai: ${OPENAI_BASE_URL}/responses (engine_base_url.go)
-                base = self.environ.get("OPENAI_BASE_URL", "").strip().rstrip("/") or DEFAULT_OPENAI_BASE_URL
-                uri = f"{base}/responses"
+                base = self.environ.get("OPENAI_BASE_URL", "").strip() or DEFAULT_OPENAI_BASE_URL
+                path, _, query = base.partition("?")  # a query (Azure's ?api-version=...) goes to the end
+                uri = f"{path.rstrip('/')}/responses" + (f"?{query}" if query else "")
             else:
                 uri = f"{ollama_base_url(self.environ, DEFAULT_OLLAMA_BASE_URL)}/api/generate"
         elif not re.match(r"^https?://[^/\s]+", uri):
