@@ -833,3 +833,10 @@ def test_a_query_in_openai_base_url_moves_to_the_end_as_in_photoprism(tmp_path: 
     base = "https://example.openai.azure.com/openai/v1/?api-version=preview"
     config = load(tmp_path, "Models:\n  - Type: caption\n    Engine: openai\n", {"OPENAI_BASE_URL": base})
     assert caption(config).service.uri == "https://example.openai.azure.com/openai/v1/responses?api-version=preview"
+
+
+def test_another_method_is_accepted_and_named_in_a_warning(tmp_path: Path) -> None:
+    config = load(tmp_path, "Models:\n  - Type: caption\n    Engine: ollama\n    Service: {Method: PUT}\n")
+    assert caption(config).service.method == "POST"
+    assert any(warning.startswith("Models[0].Service.Method: PUT is used by PhotoPrism only")
+               for warning in config.warnings)

@@ -1041,7 +1041,7 @@ class _Reader:
                               for endpoint in endpoints)
         return Service(
             uri=uri,
-            method=self.choice(mapping, "Method", where, "post", ("post",)).upper(),
+            method=self.method(mapping, where),
             key=key,
             endpoints=tuple(dataclasses.replace(endpoint, key=endpoint.key or key) for endpoint in endpoints),
             file_scheme=file_scheme,
@@ -1054,6 +1054,14 @@ class _Reader:
             tier=self.string(mapping, "Tier", where, "").strip(),
             disabled=disabled,
         )
+
+    def method(self, mapping: Mapping[str, Any], where: str) -> str:
+        """Return Service.Method: POST; another verb (PhotoPrism sends what it says) is named in a warning."""
+        method = self.string(mapping, "Method", where, "POST").strip().upper() or "POST"
+        if method != "POST":
+            self.warnings.append(f"{where}.Method: {method} is used by PhotoPrism only; captiond sends POST, which "
+                                 "Ollama's and OpenAI's generation endpoints take")
+        return "POST"
 
     def understood(self, uri: str, request_format: str, where: str) -> str:
         """Return the endpoint a Uri means (see addresses.understand_uri), noting a warning or a problem."""
