@@ -702,6 +702,7 @@ def answer(body: dict[str, object]) -> str:
     return LABELS_ANSWER if "label objects" in prompt else default_reply(body)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_photoprisms_example_configs_send_photoprisms_request(name: str, tmp_path: Path, originals: Path,
                                                               emulator: OllamaEmulator) -> None:
@@ -774,6 +775,7 @@ def test_photoprisms_examples_for_its_own_models_load_and_are_left_to_it(name: s
     assert config.model("caption") is not None  # captiond's own default caption model
 
 
+@pytest.mark.subprocess
 def test_username_and_password_are_basic_auth_as_in_photoprism(tmp_path: Path, originals: Path,
                                                                 emulator: OllamaEmulator) -> None:
     add_fixture(originals, "Canon_PowerShot_S40.jpg")
@@ -794,6 +796,7 @@ def test_username_and_password_are_basic_auth_as_in_photoprism(tmp_path: Path, o
     assert emulator.generation_requests()[0].headers["authorization"] == f"Basic {credentials}"
 
 
+@pytest.mark.subprocess
 def test_schema_version_names_the_responses_json_schema(tmp_path: Path, originals: Path,
                                                          emulator: OllamaEmulator) -> None:
     emulator.models["gpt-5-mini"] = ["completion", "vision"]
