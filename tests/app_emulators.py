@@ -19,6 +19,7 @@ status. Auth: ``x-api-key``; a wrong key is ``401 {"message": "Invalid API key",
 from __future__ import annotations
 
 import json
+import re
 import threading
 import urllib.parse
 import uuid
@@ -123,7 +124,10 @@ class _AppServer:
 
 
 class PhotoPrismEmulator(_AppServer):
-    """PhotoPrism's index and photo search endpoints; `files` maps search queries to FileNames."""
+    """PhotoPrism's index and photo search endpoints; `search_results` maps search terms to FileNames.
+
+    A query of several terms finds the files every one of its terms finds (PhotoPrism ANDs them).
+    """
 
     def __init__(self, token: str = "app-password-0123") -> None:
         super().__init__()
@@ -150,9 +154,17 @@ class PhotoPrismEmulator(_AppServer):
             if not call.query.get("count"):
                 return 400, {"code": 400, "error": "Unable to do that"}
             count, offset = int(call.query["count"][0]), int(call.query.get("offset", ["0"])[0])
-            names = self.search_results.get(call.query.get("q", [""])[0], [])[offset:offset + count]
+            names = self.search(call.query.get("q", [""])[0])[offset:offset + count]
             return 200, [{"UID": f"p{index}", "FileName": name, "Type": "image"} for index, name in enumerate(names)]
         return 404, {"code": 404, "error": "Not found"}
+
+    def search(self, query: str) -> list[str]:
+        """Return the FileNames for a query: those every term finds, in the first term's order."""
+        terms = re.findall(r'(?:[^\s"]|"[^"]*")+', query)
+        if not terms:
+            return []
+        found = [self.search_results.get(term.replace('"', ""), []) for term in terms]
+        return [name for name in found[0] if all(name in names for names in found[1:])]
 
     def index_paths(self) -> list[str]:
         """Return the folder of every index request, in order."""

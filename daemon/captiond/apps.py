@@ -35,12 +35,10 @@ from .backoff import Backoff
 from .config import AppConfig, DaemonConfig
 from .errors import AppError, UsageError
 from .executor import start_thread
-from .library import FilterTerm, printable
+from .library import printable
 
 log = logging.getLogger(__name__)
 
-# Filter terms only PhotoPrism can answer (its search filters); captiond asks its search API for the files.
-PHOTOPRISM_FILTERS = ("album:", "albums:", "person:", "people:", "subject:", "label:", "keywords:")
 QUIET_SECONDS = 2.0  # wait this long after a folder's first write, so one request covers a burst
 RETRIES = Backoff(5.0, 600.0)  # a request to an app that failed transiently: 5 s doubling to 10 minutes
 SEARCH_PAGE = 100
@@ -375,32 +373,18 @@ def _error_message(response: httpx.Response) -> str:
     return ""
 
 
-def photoprism_terms(words: Iterable[str], app: AppConfig | None, originals: Path) -> list[FilterTerm]:
-    """Return one exact-path term per file PhotoPrism's search finds for album:, person:, label: ... words.
+def photoprism_files(query: str, app: AppConfig, originals: Path) -> frozenset[str]:
+    """Return the files (relative to the originals) PhotoPrism's search finds for a query (album:, person: ...).
 
-    Raises UsageError when PhotoPrism is not configured or cannot answer. A word that finds nothing
-    leaves a term that matches nothing (so the filter never widens to the whole library).
+    Raises UsageError when PhotoPrism cannot answer. A query that finds nothing selects nothing (the filter
+    never widens to the whole library).
     """
-    words = list(words)
-    if not words:
-        return []
-    if app is None:
-        raise UsageError(f"{' '.join(words)}: album:, person: and label: filters are answered by PhotoPrism: "
-                         "set Daemon.PhotoPrism {Url, Token} in vision.yml")
     indexer = PhotoPrismIndexer(app, originals)
-    terms = [FilterTerm("file", "")]  # matches nothing: the filter stays a filter when the search finds nothing
     try:
-        for word in words:
-            found = indexer.search_paths(word)
-            log.info("PhotoPrism finds %d files for %s", len(found), word)
-            terms += [FilterTerm("file", path.relative_to(originals).as_posix()) for path in found]
+        found = indexer.search_paths(query)
     except AppError as error:
-        raise UsageError(f"cannot resolve {' '.join(words)} through PhotoPrism: {error.reason}") from error
+        raise UsageError(f"cannot resolve {query} through PhotoPrism: {error.reason}") from error
     finally:
         indexer.http.close()
-    return terms
-
-
-def is_photoprism_filter(word: str) -> bool:
-    """Return whether a filter word is one only PhotoPrism can answer (album:, person:, label: ...)."""
-    return word.lower().startswith(PHOTOPRISM_FILTERS)
+    log.info("PhotoPrism finds %d files for %s", len(found), printable(query))
+    return frozenset(path.relative_to(originals).as_posix() for path in found)

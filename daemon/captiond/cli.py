@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, filters
 from .admin import (
     act_as_owner,
     daemon_settings,
@@ -30,7 +30,7 @@ from .admin import (
     recorded_model,
     root_over_library,
 )
-from .apps import AppNotifier, is_photoprism_filter, photoprism_terms
+from .apps import AppNotifier
 from .cache import ResultCache, open_cache
 from .combined import combinable, combined_model
 from .config import Config, ModelConfig, find_config_file, load_config
@@ -40,7 +40,7 @@ from .errors import CaptiondError, ConfigError, FileError, Interrupted, ModelSet
 from .exiftool_process import Exiftool
 from .health import Metrics
 from .ignore import IgnoreRules
-from .library import parse_filter, printable, scan
+from .library import printable, scan
 from .model import AnswerMetrics, ModelClient
 from .pipeline import Captioner, ModelRun, Outcome, RunOptions, Status, describe_outcome, run_pipeline
 from .progress import Progress
@@ -97,10 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", parents=[common], help="caption the library (or the files matching FILTER) once",
                               description="Caption every photo under the originals folder that needs it, then exit. "
-                              "FILTER terms are paths or globs relative to the originals "
-                              "(also path:DIR and name:GLOB; album:, person: and label: are answered by "
-                              "PhotoPrism's search when Daemon.PhotoPrism is set); "
-                              "a file matching any term is taken.")
+                              "FILTER words are PhotoPrism's search query, all of them must match: paths or "
+                              "globs relative to the originals, path:, name: (without extension), filename:, "
+                              "year:, month:, day:, camera:, keywords:, label:, caption:true|false|TEXT; "
+                              "with Daemon.PhotoPrism set, album:, person: and its other keys go to its search.")
     run.add_argument("filters", nargs="*", metavar="FILTER")
     run.add_argument("--models", "-m", default="caption", help="model types to run, comma-separated (default: caption)")
     run.add_argument("--source", "-s", default="auto", choices=WRITABLE_SOURCES, metavar="SRC",
@@ -236,9 +236,8 @@ def command_run(arguments: argparse.Namespace) -> int:
         log.warning("%s", warning)
     runs = model_runs(config, arguments.models, connect=not arguments.dry_run)
     options = RunOptions(arguments.source, arguments.force, arguments.dry_run, arguments.count)
-    terms = parse_filter([word for word in arguments.filters if not is_photoprism_filter(word)], originals)
-    terms += tuple(photoprism_terms([word for word in arguments.filters if is_photoprism_filter(word)],
-                                    config.daemon.photoprism, originals))
+    query = filters.parse(arguments.filters, originals, photoprism=config.daemon.photoprism is not None)
+    terms = filters.name_terms(query, config.daemon.photoprism, originals)
     clients = _clients(runs)
     signal.signal(signal.SIGTERM, _terminate)
     quiet = QuietHours(config.daemon.schedule if arguments.respect_schedule else None)
@@ -261,7 +260,9 @@ def command_run(arguments: argparse.Namespace) -> int:
             unlisted: list[Outcome] = []
             paths = list(scan(originals, terms, lambda folder, reason: unlisted.append(
                 Outcome(folder, Status.FAILED, reason)), IgnoreRules(originals, config.daemon.exclude)))
-            if terms and not paths:
+            if query.metadata:
+                paths = [path for path in paths if _metadata_selected(exiftool, path, query, config)]
+            if query and not paths:
                 log.warning("no photos under %s match %s", originals, " ".join(arguments.filters))
             summary = Summary(originals, labels="labels" in runs, total=len(paths) + len(unlisted))
             for client in clients:
@@ -310,6 +311,14 @@ def _originals(config: Config, flag: str | None) -> Path:
         origin = "--originals" if flag else f"Daemon.Originals in {config.path or 'the environment'}"
         raise UsageError(f"originals folder not found: {originals} (from {origin})")
     return originals
+
+
+def _metadata_selected(exiftool: Exiftool, path: Path, query: filters.Query, config: Config) -> bool:
+    """Return whether a photo matches the metadata filter terms; one that cannot be read is kept (its run fails)."""
+    try:
+        return filters.matches_metadata(query.metadata, exiftool.read(path, config.daemon.sidecar_name))
+    except FileError:
+        return True
 
 
 def model_runs(config: Config, models: str, connect: bool = True, watch: bool = False,
@@ -619,7 +628,8 @@ def command_retry(arguments: argparse.Namespace) -> int:
         originals = Path(str(settings["originals"])) if settings.get("originals") else config.daemon.originals
         if arguments.filters and originals is None:
             raise UsageError("FILTER needs the originals folder: pass --config with Daemon.Originals")
-        terms = parse_filter(arguments.filters, originals) if originals is not None else ()
+        terms = (filters.parse(arguments.filters, originals, photoprism=False, metadata=False).names
+                 if originals is not None else ())
 
         def selected(path: Path) -> bool:
             if not terms or originals is None:
@@ -628,7 +638,7 @@ def command_retry(arguments: argparse.Namespace) -> int:
                 relative = path.relative_to(originals).as_posix()
             except ValueError:
                 return False
-            return any(term.matches(relative, path.name) for term in terms)
+            return all(term.matches(relative, path.name) for term in terms)
 
         requeued = state.requeue(selected)
     finally:

@@ -8,8 +8,8 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .atomic import TEMPORARY_PREFIX, remove_stale_temporaries
 from .errors import UsageError
@@ -23,42 +23,11 @@ TEMPORARY_PATTERNS = ("*.part", "*.partial", "*.tmp", "*.crdownload", "*~", "*_e
                       ".syncthing.*", ".~*", f"{TEMPORARY_PREFIX}*")
 
 
-@dataclass(frozen=True)
-class FilterTerm:
-    """One FILTER word: `path:DIR_OR_GLOB`, `name:GLOB`, or a bare path or glob relative to the originals."""
-
-    kind: str
-    pattern: str
+class NameTerm(Protocol):
+    """A filter term answered from a file's path and name (filters.FilterTerm)."""
 
     def matches(self, relative: str, name: str) -> bool:
-        """Return whether a file (its path relative to the originals, and its name) matches this term."""
-        if self.kind == "file":  # one exact path (from PhotoPrism's search): no glob characters
-            return relative == self.pattern
-        if self.kind == "name":
-            return fnmatch.fnmatch(name, self.pattern) or fnmatch.fnmatch(name.lower(), self.pattern.lower())
-        pattern = self.pattern.strip("/")
-        if any(character in pattern for character in "*?["):
-            return fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(relative, f"{pattern}/*")
-        return relative == pattern or relative.startswith(f"{pattern}/")
-
-
-def parse_filter(words: Sequence[str], originals: Path) -> tuple[FilterTerm, ...]:
-    """Return the filter terms of the command line; absolute paths must lie inside the originals."""
-    terms = []
-    for word in words:
-        kind, _, pattern = word.partition(":") if word.startswith(("path:", "name:")) else ("path", "", word)
-        if not pattern:
-            raise UsageError(f"empty filter term: {word!r}")
-        if kind == "path" and os.path.isabs(pattern):
-            try:
-                pattern = Path(pattern).resolve().relative_to(originals.resolve()).as_posix()
-            except ValueError as exc:
-                raise UsageError(f"{word} is not inside the originals folder {originals}") from exc
-            pattern = "" if pattern == "." else pattern
-            if not pattern:
-                continue
-        terms.append(FilterTerm(kind, pattern))
-    return tuple(terms)
+        """Return whether a file (its path relative to the originals, and its name) matches the term."""
 
 
 _TEMPORARY = re.compile("|".join(fnmatch.translate(pattern) for pattern in TEMPORARY_PATTERNS))
@@ -123,9 +92,9 @@ def containment_problem(originals: Path, path: Path, *, folder: bool = False, mi
     return None
 
 
-def scan(originals: Path, terms: Sequence[FilterTerm] = (),
+def scan(originals: Path, terms: Sequence[NameTerm] = (),
          on_error: Callable[[Path, str], None] | None = None, rules: IgnoreRules | None = None) -> Iterator[Path]:
-    """Yield every photo under the originals folder that matches the filter, in a stable order.
+    """Yield every photo under the originals folder that matches every filter term, in a stable order.
 
     Hidden files and folders are skipped, symlinks are never followed (they may point outside the
     library or form loops) and only regular files are yielded (see containment_problem). Our own
@@ -136,7 +105,7 @@ def scan(originals: Path, terms: Sequence[FilterTerm] = (),
         yield Path(entry.path)
 
 
-def scan_entries(originals: Path, top: Path, terms: Sequence[FilterTerm] = (),
+def scan_entries(originals: Path, top: Path, terms: Sequence[NameTerm] = (),
                  on_error: Callable[[Path, str], None] | None = None,
                  rules: IgnoreRules | None = None) -> Iterator[os.DirEntry[str]]:
     """Yield the directory entries of every photo under `top` (see scan); their stat is cached by os.scandir."""
@@ -185,6 +154,6 @@ def scan_entries(originals: Path, top: Path, terms: Sequence[FilterTerm] = (),
                 yield entry
                 continue
             file_relative = Path(entry.path).relative_to(originals).as_posix()
-            if any(term.matches(file_relative, entry.name) for term in terms):
+            if all(term.matches(file_relative, entry.name) for term in terms):  # ANDed, as PhotoPrism's query
                 yield entry
         stack.extend(reversed(subdirectories))
