@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from captiond.cli import model_runs
 from captiond.combined import parse_combined
 from captiond.config import load_config
 from captiond.errors import AnswerError
 from captiond.exiftool_process import Exiftool
+from captiond.modelruns import model_runs
 from captiond.pipeline import Captioner, RunOptions, Status
 from conftest import add_fixture, read_tags, run_captiond, write_config
 from emulator import OllamaEmulator

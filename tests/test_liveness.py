@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from captiond.cli import _clients, model_runs
 from captiond.config import load_config
 from captiond.exiftool_process import Exiftool
 from captiond.health import SystemdNotifier
+from captiond.modelruns import clients as _clients
+from captiond.modelruns import model_runs
 from captiond.pipeline import Captioner, RunOptions
 from captiond.service import WatchService
 from captiond.state import RowState, StateStore

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from captiond.cli import _clients, model_runs
 from captiond.config import Config, load_config
 from captiond.errors import ModelSetupError
 from captiond.exiftool_process import Exiftool
+from captiond.modelruns import clients as _clients
+from captiond.modelruns import model_runs
 from captiond.pipeline import Captioner, ModelRun, Outcome, RunOptions, Status
 from captiond.service import WatchService
 from captiond.state import FileState, RowState, StateStore

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from captiond.cli import model_runs
 from captiond.config import load_config
 from captiond.errors import ConfigError
 from captiond.exiftool_process import Exiftool
+from captiond.modelruns import model_runs
 from captiond.pipeline import Captioner, RunOptions
 from captiond.schedule import QuietHours, Schedule, parse_schedule
 from captiond.service import WatchService

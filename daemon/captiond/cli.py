@@ -14,14 +14,12 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, filters
+from . import __version__, backfill, filters
 from .admin import (
     act_as_owner,
     daemon_settings,
@@ -30,24 +28,21 @@ from .admin import (
     recorded_model,
     root_over_library,
 )
-from .apps import AppNotifier
-from .cache import ResultCache, open_cache
-from .combined import combinable, combined_model
+from .cache import ResultCache
 from .config import Config, ModelConfig, find_config_file, load_config
 from .degradation import FIX
-from .endpoints import EndpointPool
-from .errors import CaptiondError, ConfigError, FileError, Interrupted, ModelSetupError, Terminated, UsageError
+from .errors import CaptiondError, FileError, Interrupted, ModelSetupError, Terminated, UsageError
 from .exiftool_process import Exiftool
 from .health import Metrics
-from .ignore import IgnoreRules
-from .library import printable, scan
-from .model import AnswerMetrics, ModelClient
-from .pipeline import Captioner, ModelRun, Outcome, RunOptions, Status, describe_outcome, run_pipeline
-from .progress import Progress
-from .redaction import RedactingFilter, redact, redact_process_output
+from .library import shown
+from .logs import setup_logging
+from .model import ModelClient
+from .modelruns import clients as runs_clients
+from .modelruns import model_runs
+from .pipeline import Captioner, RunOptions
+from .redaction import redact, redact_process_output
 from .schedule import QuietHours
-from .selftest import check_sight
-from .service import RUNTIME_FILE, WatchService, keep_alive_for
+from .service import RUNTIME_FILE, WatchService
 from .sources import SOURCES, WRITABLE_SOURCES
 from .state import RowState, StateStore
 
@@ -55,7 +50,6 @@ log = logging.getLogger("captiond")
 
 RUNTIME_FRESH = 120.0  # seconds: an older runtime.json belongs to a daemon that is gone
 EXIT_OK = 0  # success; every other exit code is an exception class's (errors.py)
-APP_FLUSH_SECONDS = 30.0  # at the end of a run: how long to keep trying to tell PhotoPrism and Immich
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,57 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line (time, level, logger, message)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
-                 "logger": record.name, "message": record.getMessage()}
-        if record.exc_text:
-            entry["exception"] = record.exc_text
-        elif record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-class JournalFormatter(logging.Formatter):
-    """Lines for journald: no timestamp of our own (the journal has one), the level as a `<N>` priority prefix."""
-
-    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
-
-    def format(self, record: logging.LogRecord) -> str:
-        priority = self.PRIORITIES.get(record.levelno, 6)
-        return f"<{priority}>{record.levelname} {super().format(record)}"
-
-
-def logs_to_journal(stream: object, environ: dict[str, str] | None = None) -> bool:
-    """Return whether `stream` is systemd's journal stream ($JOURNAL_STREAM names its device and inode)."""
-    expected = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
-    try:
-        status = os.fstat(stream.fileno())  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ValueError):
-        return False
-    return bool(expected) and expected == f"{status.st_dev}:{status.st_ino}"
-
-
-def setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
-    """Log readable lines (or JSON lines) to stderr, with every secret redacted; under journald without a second
-    timestamp.
-
-    captiond's own lines: INFO (-q: WARNING, -v: DEBUG). Other libraries' (httpx, Pillow, watchdog):
-    WARNING, INFO under -v, DEBUG only under -vv.
-    """
-    own = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    others = logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
-    text = (JournalFormatter("%(message)s") if logs_to_journal(sys.stderr) else
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
-    handler.setFormatter(JsonFormatter() if log_format == "json" else text)
-    handler.addFilter(RedactingFilter())
-    logging.basicConfig(level=others, handlers=[handler], force=True)
-    log.setLevel(own)
-
-
 def load(arguments: argparse.Namespace) -> Config:
     """Return the configuration named by --config (or found), with warnings logged."""
     path = find_config_file(arguments.config, os.environ)
@@ -238,61 +181,10 @@ def command_run(arguments: argparse.Namespace) -> int:
     options = RunOptions(arguments.source, arguments.force, arguments.dry_run, arguments.count)
     query = filters.parse(arguments.filters, originals, photoprism=config.daemon.photoprism is not None)
     terms = filters.name_terms(query, config.daemon.photoprism, originals)
-    clients = _clients(runs)
     signal.signal(signal.SIGTERM, _terminate)
-    quiet = QuietHours(config.daemon.schedule if arguments.respect_schedule else None)
-    state, cache = (None, None) if arguments.dry_run else open_cache(config.daemon.state_dir, config.daemon.cache_size)
-    apps = AppNotifier(config.daemon, originals)
-    apps.start()  # a long run tells the apps as it goes, not only at its end
-    try:
-        for kind, run in runs.items():
-            if run.client is not None and kind != "combined":  # the combined client is the labels model's
-                run.client.check()
-                log.info("%s: using %s on %s", "captions" if kind == "caption" else kind, run.model.model_id,
-                         run.client.uri)
-        if config.daemon.self_test and clients and quiet.wait_open(threading.Event()):
-            for client in {(id(client.pool), client.model.model_id): client for client in clients}.values():
-                check_sight(client)
-        if "combined" in runs:
-            log.info("captions and labels: one request per photo (CombineOutputs)")
-        with Exiftool() as exiftool:
-            captioner = Captioner(config, runs, exiftool, options, cache)
-            unlisted: list[Outcome] = []
-            paths = list(scan(originals, terms, lambda folder, reason: unlisted.append(
-                Outcome(folder, Status.FAILED, reason)), IgnoreRules(originals, config.daemon.exclude)))
-            if query.metadata:
-                paths = [path for path in paths if _metadata_selected(exiftool, path, query, config)]
-            if query and not paths:
-                log.warning("no photos under %s match %s", originals, " ".join(arguments.filters))
-            summary = Summary(originals, labels="labels" in runs, total=len(paths) + len(unlisted))
-            for client in clients:
-                client.keep_alive = lambda: keep_alive_for(
-                    config.daemon.keep_alive, sum(summary.counts.values()) + 1 < (summary.total or 0))
-            with Progress(len(paths), enabled=sys.stderr.isatty() and not arguments.quiet) as progress:
-                # With the bar on the terminal, a line per file only under -v; without it, the lines are the progress.
-                summary.file_level = logging.DEBUG if progress.shown else logging.INFO
-                for outcome in unlisted:
-                    summary.add(outcome)
-
-                def record(outcome: Outcome) -> None:
-                    summary.add(outcome)
-                    progress.advance()
-                    if outcome.written:
-                        apps.written(outcome.path, outcome.created_sidecar)
-                try:
-                    run_pipeline(captioner, paths, record, gate=quiet.wait_open)
-                finally:
-                    pools = {id(client.pool): client for client in clients}
-                    summary.endpoints = [figure for client in pools.values() for figure in client.figures()]
-                    summary.print(sys.stdout)
-                    if arguments.report:
-                        Path(arguments.report).write_text(json.dumps(summary.as_dict(), indent=2))
-    finally:
-        for client in clients:
-            client.close()
-        if state is not None:
-            state.close()
-        apps.stop(flush_seconds=APP_FLUSH_SECONDS)
+    summary = backfill.run(config, runs, options, originals, query, terms, words=arguments.filters,
+                           respect_schedule=arguments.respect_schedule, quiet_output=arguments.quiet,
+                           report=Path(arguments.report) if arguments.report else None)
     return FileError.exit_code if summary.failed else EXIT_OK
 
 
@@ -311,158 +203,6 @@ def _originals(config: Config, flag: str | None) -> Path:
         origin = "--originals" if flag else f"Daemon.Originals in {config.path or 'the environment'}"
         raise UsageError(f"originals folder not found: {originals} (from {origin})")
     return originals
-
-
-def _metadata_selected(exiftool: Exiftool, path: Path, query: filters.Query, config: Config) -> bool:
-    """Return whether a photo matches the metadata filter terms; one that cannot be read is kept (its run fails)."""
-    try:
-        return filters.matches_metadata(query.metadata, exiftool.read(path, config.daemon.sidecar_name))
-    except FileError:
-        return True
-
-
-def model_runs(config: Config, models: str, connect: bool = True, watch: bool = False,
-               metrics: AnswerMetrics | None = None) -> dict[str, ModelRun]:
-    """Return the model types asked for with `--models` (caption, labels) that their `Run:` allows, with clients.
-
-    `captiond run` is PhotoPrism's `vision run` (manual); `watch` runs at index time: not `manual` or `never`.
-    The clients record their answers' latency in `metrics` (the daemon's).
-    """
-    types = list(dict.fromkeys(name.strip().lower() for name in models.split(",") if name.strip()))
-    elsewhere = [name for name in types if name in ("nsfw", "face")]
-    if elsewhere:
-        log.warning("--models %s: PhotoPrism runs %s models itself (captiond writes captions and labels); "
-                    "going on without them", models, " and ".join(elsewhere))
-        types = [name for name in types if name not in elsewhere]
-    unsupported = [name for name in types if name not in ("caption", "labels")]
-    if unsupported or not types:
-        raise UsageError(f"--models {models}: captiond runs caption and labels models (e.g. -m caption,labels)")
-    chosen: dict[str, ModelConfig] = {}
-    for kind in types:
-        model = config.model(kind)
-        if model is None:
-            raise ConfigError([f"Models: every {kind} model is disabled"], str(config.path or "vision.yml"))
-        if not model.usable:
-            raise ConfigError([f"Models[{model.index}]: captiond speaks to ollama or openai engines, "
-                               f"not {model.engine}"], str(config.path or "vision.yml"))
-        if model.runs_in_watch if watch else model.should_run("manual"):
-            chosen[kind] = model
-        else:
-            where = "the caption model's" if model.implied else f"Models[{model.index}]"
-            log.warning("%s Run: %s: not run by `captiond %s`%s", where, model.run, "watch" if watch else "run",
-                        " (manual models run in `captiond run` only)" if model.run == "manual" else "")
-    if not chosen:
-        raise ConfigError([f"Run: no {' or '.join(types)} model may run in `captiond {'watch' if watch else 'run'}`: "
-                           "watch runs models whose Run is auto, always, on-index, newly-indexed, on-schedule or "
-                           "on-demand; run every model but Run: never"], str(config.path or "vision.yml"))
-    runs: dict[str, ModelRun] = {}
-    pools: dict[tuple[str, ...], EndpointPool] = {}
-    for kind, model in chosen.items():
-        client = None
-        if connect:
-            servers = tuple(endpoint.uri for endpoint in model.service.all_endpoints())
-            client = ModelClient(model, config.daemon, pool=pools.get(servers), metrics=metrics)
-            pools[servers] = client.pool
-        runs[kind] = ModelRun(model, client)
-    if "caption" in runs and "labels" in runs and combinable(runs["caption"].model, runs["labels"].model,
-                                                             config.daemon):
-        model = combined_model(runs["caption"].model, runs["labels"].model)
-        labels_client = runs["labels"].client
-        client = None if labels_client is None else ModelClient(model, config.daemon, pool=labels_client.pool,
-                                                                metrics=metrics)
-        runs["combined"] = ModelRun(model, client)
-    return runs
-
-
-def _clients(runs: dict[str, ModelRun]) -> list[ModelClient]:
-    return [run.client for run in runs.values() if run.client is not None]
-
-
-class Summary:
-    """Counts outcomes and prints the end-of-run report."""
-
-    def __init__(self, originals: Path, labels: bool = False, total: int | None = None) -> None:
-        self.originals = originals
-        self.started = time.monotonic()
-        self.counts: Counter[Status] = Counter()
-        self.skipped: Counter[str] = Counter()
-        self.failures: list[Outcome] = []
-        self.stage_seconds: Counter[str] = Counter()
-        self.total = total
-        self.captions = 0
-        self.labelled: int | None = 0 if labels else None  # None: no labels model in this run
-        self.endpoints: list[dict[str, object]] = []
-        self.file_level = logging.INFO  # each captioned file's line; DEBUG while a progress bar is shown
-        self.from_cache = 0
-
-    @property
-    def failed(self) -> int:
-        """Return how many files failed."""
-        return self.counts[Status.FAILED]
-
-    def add(self, outcome: Outcome) -> None:
-        """Count one outcome and log it."""
-        self.counts[outcome.status] += 1
-        self.from_cache += outcome.cached
-        self.stage_seconds.update(outcome.stages)
-        name = self._relative(outcome.path)
-        if outcome.status == Status.CAPTIONED:
-            self.captions += bool(outcome.caption)
-            if outcome.keywords is not None and self.labelled is not None:
-                self.labelled += 1
-            log.log(self.file_level, "%s", describe_outcome(name, outcome))
-        elif outcome.status == Status.WOULD_CAPTION:
-            log.log(self.file_level, "would caption %s (%s)", name, outcome.reason)
-        elif outcome.status == Status.SKIPPED:
-            self.skipped[outcome.reason] += 1
-            log.debug("skipped %s: %s", name, outcome.reason)
-        else:
-            self.captions += bool(outcome.caption)  # written although its labels failed
-            self.failures.append(outcome)
-            log.error("failed %s: %s", name, outcome.reason)
-
-    def print(self, stream: object) -> None:
-        """Print the summary: captioned, skipped and why, failed and why."""
-        seconds = time.monotonic() - self.started
-        labelled = "" if self.labelled is None else f", labelled {self.labelled}"
-        lines = [f"captioned {self.captions}{labelled}, skipped {self.counts[Status.SKIPPED]}, failed {self.failed}"
-                 + (f", would caption {self.counts[Status.WOULD_CAPTION]}" if self.counts[Status.WOULD_CAPTION] else "")
-                 + f" in {seconds:.1f}s"]
-        if self.from_cache:
-            lines.append(f"  from the result cache {self.from_cache} (the same image was asked before: no model call)")
-        lines += [f"  skipped {count:>6}  {reason}" for reason, count in self.skipped.most_common()]
-        unprocessed = (self.total or 0) - sum(self.counts.values())
-        if unprocessed > 0:
-            lines.append(f"  not processed {unprocessed} (the run stopped early)")
-        if len(self.endpoints) > 1:
-            lines += [f"  endpoint {item['endpoint']}: {item['requests']} requests, {item['errors']} errors, "
-                      f"mean {item['mean_seconds']}s" for item in self.endpoints]
-        for outcome in self.failures[:20]:
-            lines.append(f"  failed  {self._relative(outcome.path)}: {outcome.reason}"
-                         + (" (temporary: try again later)" if outcome.transient else ""))
-        if len(self.failures) > 20:
-            lines.append(f"  ... and {len(self.failures) - 20} more failures")
-        print(redact("\n".join(lines)), file=stream)  # type: ignore[call-overload]
-
-    def as_dict(self) -> dict[str, object]:
-        """Return the summary as data: counts, reasons, failures, seconds and mean ms per stage."""
-        captioned = self.counts[Status.CAPTIONED]
-        return {
-            "captioned": self.captions, "skipped": self.counts[Status.SKIPPED], "failed": self.failed,
-            "from_cache": self.from_cache,
-            "would_caption": self.counts[Status.WOULD_CAPTION],
-            "not_processed": max(0, (self.total or 0) - sum(self.counts.values())),
-            "seconds": round(time.monotonic() - self.started, 3),
-            "skipped_reasons": dict(self.skipped),
-            "failures": [{"path": self._relative(outcome.path), "reason": redact(outcome.reason),
-                          "transient": outcome.transient} for outcome in self.failures],
-            "stages_ms": {stage: round(1000 * seconds / max(1, captioned), 2)
-                          for stage, seconds in self.stage_seconds.items()},
-            "labelled": self.labelled, "endpoints": self.endpoints,
-        }
-
-    def _relative(self, path: Path) -> str:
-        return _shown(path, self.originals)
 
 
 def command_ls(arguments: argparse.Namespace) -> int:
@@ -528,7 +268,7 @@ def command_watch(arguments: argparse.Namespace) -> int:
     _originals(config, arguments.originals)
     metrics = Metrics()
     runs = model_runs(config, arguments.models, watch=True, metrics=metrics)
-    clients = _clients(runs)
+    clients = runs_clients(runs)
     state = StateStore(config.daemon.state_dir, rebuild=True)
     abandoned = 0
     try:
@@ -591,7 +331,7 @@ def command_status(arguments: argparse.Namespace) -> int:
         "schedule": (schedule or "open") if config.daemon.schedule else None, "running": runtime,
         "next_due_in_seconds": None if next_due is None else max(0.0, round(next_due - time.time(), 1)),
         "model": reachable, "apps": _apps(config),
-        "failures": [{"path": _shown(row.path, originals), "state": row.state,
+        "failures": [{"path": shown(row.path, originals), "state": row.state,
                       "attempts": row.attempts, "reason": redact(row.last_error)} for row in failures],
     }
     if arguments.json:
@@ -613,7 +353,7 @@ def command_status(arguments: argparse.Namespace) -> int:
         print("latest failures (`captiond retry` queues them again):")
         for row in failures:
             retry = f", attempt {row.attempts}, will retry" if row.state == RowState.PENDING else ""
-            print(f"  {row.state:<11} {_shown(row.path, originals)}: {redact(row.last_error)}{retry}")
+            print(f"  {row.state:<11} {shown(row.path, originals)}: {redact(row.last_error)}{retry}")
     return EXIT_OK
 
 
@@ -691,14 +431,6 @@ def command_sources(arguments: argparse.Namespace) -> int:
           "To re-caption our own captions: --force --source ollama. A caption with no record of ours, or edited since\n"
           "we wrote it, counts as xmp (sidecar) or meta (embedded).")
     return EXIT_OK
-
-
-def _shown(path: Path, originals: Path | None) -> str:
-    """Return a path relative to the originals when it lies inside them."""
-    try:
-        return printable(path.relative_to(originals).as_posix() if originals else str(path))
-    except ValueError:
-        return printable(str(path))
 
 
 def _print_table(headers: list[str], rows: list[list[str]]) -> None:

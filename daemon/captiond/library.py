@@ -55,6 +55,14 @@ def printable(text: str) -> str:
                    or 0xDC80 <= ord(character) <= 0xDCFF else character for character in text)
 
 
+def shown(path: Path, originals: Path | None) -> str:
+    """Return a path to show to the user: relative to the originals when it lies inside them, printable."""
+    try:
+        return printable(path.relative_to(originals).as_posix() if originals else str(path))
+    except ValueError:
+        return printable(str(path))
+
+
 def containment_problem(originals: Path, path: Path, *, folder: bool = False, missing_ok: bool = False) -> str | None:
     """Return why captiond may not read or write `path`, or None when it may.
 
