@@ -26,7 +26,7 @@ from .errors import FileError
 from .exiftool_process import Exiftool
 from .filters import FilterTerm
 from .ignore import IgnoreRules
-from .library import scan, shown
+from .library import printable, scan, shown
 from .modelruns import clients as runs_clients
 from .pipeline import Captioner, ModelRun, Outcome, RunOptions, Status, describe_outcome, run_pipeline
 from .progress import Progress
@@ -68,7 +68,7 @@ def run(config: Config, runs: dict[str, ModelRun], options: RunOptions, original
             if query.metadata:
                 paths = [path for path in paths if _metadata_selected(exiftool, path, query, config)]
             if query and not paths:
-                log.warning("no photos under %s match %s", originals, " ".join(words))
+                log.warning("no photos under %s match %s", shown(originals, None), printable(" ".join(words)))
             summary = Summary(originals, labels="labels" in runs, total=len(paths) + len(unlisted))
             for client in clients:
                 client.keep_alive = lambda: keep_alive_for(

@@ -201,7 +201,7 @@ def _originals(config: Config, flag: str | None) -> Path:
         raise UsageError("no originals folder: pass --originals DIR or set Daemon.Originals in vision.yml")
     if not originals.is_dir():
         origin = "--originals" if flag else f"Daemon.Originals in {config.path or 'the environment'}"
-        raise UsageError(f"originals folder not found: {originals} (from {origin})")
+        raise UsageError(f"originals folder not found: {shown(originals, None)} (from {origin})")
     return originals
 
 

@@ -34,6 +34,7 @@ from .apps import photoprism_files
 from .config import AppConfig
 from .errors import UsageError
 from .imaging import SUPPORTED_EXTENSIONS
+from .library import printable, shown
 from .metadata import FileMetadata, current_caption
 from .sources import current_source
 
@@ -221,7 +222,7 @@ def _bare_path(word: str, originals: Path) -> FilterTerm | None:
     try:
         relative = Path(word).resolve().relative_to(originals.resolve()).as_posix()
     except ValueError as exc:
-        raise UsageError(f"{word} is not inside the originals folder {originals}") from exc
+        raise UsageError(f"{printable(word)} is not inside the originals folder {shown(originals, None)}") from exc
     return None if relative == "." else FilterTerm("path", relative)
 
 

@@ -118,7 +118,7 @@ def scan_entries(originals: Path, top: Path, terms: Sequence[NameTerm] = (),
                  rules: IgnoreRules | None = None) -> Iterator[os.DirEntry[str]]:
     """Yield the directory entries of every photo under `top` (see scan); their stat is cached by os.scandir."""
     if not top.is_dir():
-        raise UsageError(f"originals folder not found: {top}")
+        raise UsageError(f"originals folder not found: {shown(top, None)}")
     rules = rules or IgnoreRules(originals)
     top_patterns = rules.patterns_for(top)
     if top_patterns is None:
@@ -134,7 +134,7 @@ def scan_entries(originals: Path, top: Path, terms: Sequence[NameTerm] = (),
             if on_error is not None:
                 on_error(directory, f"cannot list the folder: {exc.strerror or exc}")
             else:
-                log.error("cannot list %s: %s", printable(str(directory)), exc.strerror or exc)
+                log.error("cannot list %s: %s", shown(directory, originals), exc.strerror or exc)
             continue
         if directory != top and any(entry.name == STORAGE_FILE for entry in entries):
             continue  # PhotoPrism's marker of a storage folder inside the originals

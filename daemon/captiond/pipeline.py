@@ -38,7 +38,7 @@ from .labels import (
     parse_labels,
     select_labels,
 )
-from .library import containment_problem, printable
+from .library import containment_problem, printable, shown
 from .metadata import FileMetadata, Provenance, WritePlan, current_caption, current_labels, writes_embedded
 from .model import ModelClient
 from .plans import merge_plans, plan_caption, plan_carried_caption, plan_keywords, plan_repaired_copies
@@ -509,11 +509,7 @@ class Captioner:
 
     def _name(self, path: Path) -> str:
         """Return a photo's path relative to the originals, for log lines."""
-        originals = self.config.daemon.originals
-        try:
-            return printable(path.relative_to(originals).as_posix() if originals else str(path))
-        except ValueError:
-            return printable(str(path))
+        return shown(path, self.config.daemon.originals)
 
     def _folder(self, path: Path) -> str:
         originals = self.config.daemon.originals

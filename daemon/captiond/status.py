@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import Config
 from .degradation import FIX
 from .health import HealthServer, Metrics, SystemdNotifier
-from .library import printable
+from .library import shown
 from .model import ModelClient
 from .producers import Producers
 from .state import RowState, StateStore
@@ -165,10 +165,7 @@ class DaemonStatus:
 
     def relative(self, path: Path) -> str:
         """Return a photo's path relative to the originals, printable, for log lines and the page."""
-        try:
-            return printable(path.relative_to(self.originals).as_posix())
-        except ValueError:
-            return printable(str(path))
+        return shown(path, self.originals)
 
     def _eta(self, queued: int) -> float | None:
         """Return seconds until the queue is done at the pace of the latest captions (None: not known yet)."""
