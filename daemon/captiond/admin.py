@@ -1,4 +1,4 @@
-"""What `status` and `retry` need to act on the running daemon: its state database, its settings, its user.
+"""What `status`, `retry` and `ls` need to act on the running daemon: its state database, its settings, its user.
 
 The daemon records its effective settings (model, addresses with secrets redacted, originals, config file,
 user) in its state database at start, so `captiond status` from a shell checks the server the daemon uses,
@@ -8,6 +8,7 @@ not whatever that shell's environment would pick.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import pwd
@@ -19,13 +20,19 @@ from typing import Any
 
 from . import __version__
 from .config import API_FORMATS, KNOWN_ENGINES, Config, Endpoint, ModelConfig, one_of
-from .errors import UsageError
+from .errors import CaptiondError, UsageError
+from .library import shown
+from .model import ModelClient
 from .pipeline import ModelRun
-from .state import DATABASE_NAME
+from .redaction import redact
+from .schedule import QuietHours
+from .service import RUNTIME_FILE
+from .state import DATABASE_NAME, RowState, StateStore
 
 log = logging.getLogger(__name__)
 
 SYSTEMD_STATE_DIR = Path("/var/lib/captiond")  # the unit's StateDirectory=captiond
+RUNTIME_FRESH = 120.0  # seconds: an older runtime.json belongs to a daemon that is gone
 
 
 def daemon_settings(config: Config, runs: Mapping[str, ModelRun]) -> dict[str, object]:
@@ -157,3 +164,81 @@ def root_over_library(originals: Path) -> str:
     return (f"running as root over {originals}, which belongs to {name}: new sidecars will belong to root, and a "
             f"daemon running as {name} cannot update them. Run as {name} instead (sudo -u {name} ..., or "
             f"docker compose exec --user {owner} captiond captiond run ...)")
+
+
+def status_report(config: Config, database: Path) -> dict[str, Any]:
+    """Return what `captiond status` shows: settings, queue counts, latest failures, the model server, the daemon."""
+    state = StateStore(database.parent, readonly=True)
+    try:
+        counts, failures, next_due = state.counts(), state.recent_failures(10), state.next_due()
+        settings = state.settings()
+    finally:
+        state.close()
+    originals = Path(str(settings["originals"])) if settings.get("originals") else config.daemon.originals
+    schedule = QuietHours(config.daemon.schedule).paused_until() if config.daemon.schedule else ""
+    return {
+        "database": str(database), "daemon": settings, "counts": counts,
+        "queue": counts[RowState.PENDING] + counts[RowState.RUNNING],
+        "schedule": (schedule or "open") if config.daemon.schedule else None,
+        "running": _runtime(database.parent / RUNTIME_FILE),
+        "next_due_in_seconds": None if next_due is None else max(0.0, round(next_due - time.time(), 1)),
+        "model": _reachable(settings, config), "apps": app_addresses(config),
+        "failures": [{"path": shown(row.path, originals), "state": row.state,
+                      "attempts": row.attempts, "reason": redact(row.last_error)} for row in failures],
+    }
+
+
+def _reachable(settings: Mapping[str, Any], config: Config) -> str:
+    """Return whether the daemon's model server answers, as one line."""
+    # The server the daemon uses (it recorded it), not the one this shell's environment would pick.
+    model = recorded_model(settings, config) or config.model("caption")
+    if model is None or not model.usable:
+        return "no caption model configured"
+    client = ModelClient(model, config.daemon)
+    try:
+        client.check(retry=False)
+        return f"{model.model_id} on {client.uri}: ok"
+    except CaptiondError as error:
+        return redact(str(error))
+    finally:
+        client.close()
+
+
+def app_addresses(config: Config) -> dict[str, str]:
+    """Return the photo apps captiond tells about written files, with their secrets redacted."""
+    apps = {"PhotoPrism": config.daemon.photoprism, "Immich": config.daemon.immich}
+    return {name: app.redacted() for name, app in apps.items() if app is not None}
+
+
+def _runtime(path: Path) -> dict[str, Any] | None:
+    """Return what the running daemon wrote about itself, or None when it is not running (or too old)."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or time.time() - float(document.get("updated", 0)) > RUNTIME_FRESH:
+        return None
+    return document
+
+
+def model_row(config: Config, model: ModelConfig) -> dict[str, object]:
+    """Return one row of `captiond ls`: a model as PhotoPrism's `vision ls` shows it, and what captiond does with it."""
+    effective = config.model(model.type) is model
+    builtin = model.engine not in ("ollama", "openai")
+    if model.disabled:
+        status = "Disabled"
+    elif effective and model.usable:
+        status = "Enabled (used by captiond" + (", from the caption model)" if model.implied else ")")
+    elif effective:
+        status = "Enabled (run by PhotoPrism, not captiond)"
+    else:
+        status = "Enabled (overridden by a later entry)"
+    service = model.service
+    return {
+        "model": model.model_id, "type": model.type, "engine": model.engine,
+        "endpoint": "" if builtin else f"{service.method} {service.redacted_uri()}",
+        "format": "" if builtin else f"{service.request_format}:{service.response_format}"
+        + (f" ({model.format})" if model.format else ""),
+        "resolution": model.resolution, "run": model.run, "options": {} if builtin else dict(model.options),
+        "status": status, "key": "set" if service.key else "", "think": service.think, "stream": service.stream,
+    }

@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,33 +21,32 @@ from typing import Any
 from . import __version__, backfill, filters
 from .admin import (
     act_as_owner,
+    app_addresses,
     daemon_settings,
     describe_settings,
     find_database,
-    recorded_model,
+    model_row,
     root_over_library,
+    status_report,
 )
 from .cache import ResultCache
-from .config import Config, ModelConfig, find_config_file, load_config
+from .config import Config, find_config_file, load_config
 from .degradation import FIX
 from .errors import CaptiondError, FileError, Interrupted, ModelSetupError, Terminated, UsageError
 from .exiftool_process import Exiftool
 from .health import Metrics
 from .library import shown
 from .logs import setup_logging
-from .model import ModelClient
 from .modelruns import clients as runs_clients
 from .modelruns import model_runs
 from .pipeline import Captioner, RunOptions
 from .redaction import redact, redact_process_output
-from .schedule import QuietHours
-from .service import RUNTIME_FILE, WatchService
+from .service import WatchService
 from .sources import SOURCES, WRITABLE_SOURCES
 from .state import RowState, StateStore
 
 log = logging.getLogger("captiond")
 
-RUNTIME_FRESH = 120.0  # seconds: an older runtime.json belongs to a daemon that is gone
 EXIT_OK = 0  # success; every other exit code is an exception class's (errors.py)
 
 
@@ -208,7 +206,7 @@ def _originals(config: Config, flag: str | None) -> Path:
 def command_ls(arguments: argparse.Namespace) -> int:
     """Print the effective models like `photoprism vision ls` (table, --json, --md, --csv or --tsv)."""
     config = load(arguments)
-    rows = [_model_row(config, model) for model in config.models]
+    rows = [model_row(config, model) for model in config.models]
     if arguments.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -227,37 +225,9 @@ def command_ls(arguments: argparse.Namespace) -> int:
         writer.writerows([headers, *table])
     else:
         _print_table(headers, table)
-        for name, address in _apps(config).items():
+        for name, address in app_addresses(config).items():
             print(f"{name}: {address}")
     return EXIT_OK
-
-
-def _apps(config: Config) -> dict[str, str]:
-    """Return the photo apps captiond tells about written files, with their secrets redacted."""
-    apps = {"PhotoPrism": config.daemon.photoprism, "Immich": config.daemon.immich}
-    return {name: app.redacted() for name, app in apps.items() if app is not None}
-
-
-def _model_row(config: Config, model: ModelConfig) -> dict[str, object]:
-    effective = config.model(model.type) is model
-    builtin = model.engine not in ("ollama", "openai")
-    if model.disabled:
-        status = "Disabled"
-    elif effective and model.usable:
-        status = "Enabled (used by captiond" + (", from the caption model)" if model.implied else ")")
-    elif effective:
-        status = "Enabled (run by PhotoPrism, not captiond)"
-    else:
-        status = "Enabled (overridden by a later entry)"
-    service = model.service
-    return {
-        "model": model.model_id, "type": model.type, "engine": model.engine,
-        "endpoint": "" if builtin else f"{service.method} {service.redacted_uri()}",
-        "format": "" if builtin else f"{service.request_format}:{service.response_format}"
-        + (f" ({model.format})" if model.format else ""),
-        "resolution": model.resolution, "run": model.run, "options": {} if builtin else dict(model.options),
-        "status": status, "key": "set" if service.key else "", "think": service.think, "stream": service.stream,
-    }
 
 
 def command_watch(arguments: argparse.Namespace) -> int:
@@ -303,57 +273,29 @@ def command_watch(arguments: argparse.Namespace) -> int:
 def command_status(arguments: argparse.Namespace) -> int:
     """Print the daemon's settings, queue counts, latest failures and whether its model server answers."""
     config = load(arguments).with_daemon(state_dir=Path(arguments.state_dir) if arguments.state_dir else None)
-    database = find_database(config, explicit=bool(arguments.state_dir))
-    state = StateStore(database.parent, readonly=True)
-    try:
-        counts, failures, next_due = state.counts(), state.recent_failures(10), state.next_due()
-        settings = state.settings()
-    finally:
-        state.close()
-    # The server the daemon uses (it recorded it), not the one this shell's environment would pick.
-    model = recorded_model(settings, config) or config.model("caption")
-    originals = Path(str(settings["originals"])) if settings.get("originals") else config.daemon.originals
-    reachable = "no caption model configured"
-    if model is not None and model.usable:
-        client = ModelClient(model, config.daemon)
-        try:
-            client.check(retry=False)
-            reachable = f"{model.model_id} on {client.uri}: ok"
-        except CaptiondError as error:
-            reachable = redact(str(error))
-        finally:
-            client.close()
-    schedule = QuietHours(config.daemon.schedule).paused_until() if config.daemon.schedule else ""
-    runtime = _runtime(database.parent / RUNTIME_FILE)
-    report = {
-        "database": str(database), "daemon": settings, "counts": counts,
-        "queue": counts[RowState.PENDING] + counts[RowState.RUNNING],
-        "schedule": (schedule or "open") if config.daemon.schedule else None, "running": runtime,
-        "next_due_in_seconds": None if next_due is None else max(0.0, round(next_due - time.time(), 1)),
-        "model": reachable, "apps": _apps(config),
-        "failures": [{"path": shown(row.path, originals), "state": row.state,
-                      "attempts": row.attempts, "reason": redact(row.last_error)} for row in failures],
-    }
+    report = status_report(config, find_database(config, explicit=bool(arguments.state_dir)))
     if arguments.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
-    print(f"state:  {database}")
-    for line in describe_settings(settings):
+    counts: dict[str, int] = report["counts"]
+    print(f"state:  {report['database']}")
+    for line in describe_settings(report["daemon"]):
         print(f"  {line}")
     print("files:  " + ", ".join(f"{count} {state_name}" for state_name, count in counts.items()))
-    due = "" if next_due is None else f" (next due in {report['next_due_in_seconds']}s)"
+    due = "" if report["next_due_in_seconds"] is None else f" (next due in {report['next_due_in_seconds']}s)"
     print(f"queue:  {report['queue']}{due}")
-    print(f"model:  {reachable}")
+    print(f"model:  {report['model']}")
     if config.daemon.schedule is not None:
-        print(f"quiet hours: {schedule or 'open now'} (Daemon.Schedule {config.daemon.schedule.text})")
-    _print_runtime(runtime)
-    for name, address in _apps(config).items():
+        paused = report["schedule"] if report["schedule"] != "open" else "open now"
+        print(f"quiet hours: {paused} (Daemon.Schedule {config.daemon.schedule.text})")
+    _print_runtime(report["running"])
+    for name, address in report["apps"].items():
         print(f"{name.lower()}: {address}")
-    if failures:
+    if report["failures"]:
         print("latest failures (`captiond retry` queues them again):")
-        for row in failures:
-            retry = f", attempt {row.attempts}, will retry" if row.state == RowState.PENDING else ""
-            print(f"  {row.state:<11} {shown(row.path, originals)}: {redact(row.last_error)}{retry}")
+        for row in report["failures"]:
+            retry = f", attempt {row['attempts']}, will retry" if row["state"] == RowState.PENDING else ""
+            print(f"  {row['state']:<11} {row['path']}: {row['reason']}{retry}")
     return EXIT_OK
 
 
@@ -388,17 +330,6 @@ def command_retry(arguments: argparse.Namespace) -> int:
           f"{requeued[RowState.QUARANTINED]} quarantined, {requeued[RowState.PENDING]} waiting for a retry)"
           + ("; a running daemon takes them up within seconds" if total else ""))
     return EXIT_OK
-
-
-def _runtime(path: Path) -> dict[str, Any] | None:
-    """Return what the running daemon wrote about itself, or None when it is not running (or too old)."""
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(document, dict) or time.time() - float(document.get("updated", 0)) > RUNTIME_FRESH:
-        return None
-    return document
 
 
 def _print_runtime(runtime: dict[str, Any] | None) -> None:
