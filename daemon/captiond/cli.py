@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also replace existing captions whose source has a priority <= that of --source "
                      "(with --source auto, only captions of priority 1)")
     run.add_argument("--dry-run", action="store_true", help="show what would be captioned; ask and write nothing")
-    run.add_argument("--count", "-n", type=_positive_int, metavar="N", help="caption at most N files")
+    run.add_argument("--count", "-n", type=_positive_int, default=100000, metavar="N",
+                     help="caption at most N files (default: 100000, as `photoprism vision run`)")
     run.add_argument("--originals", "-o", metavar="DIR", help="the originals folder (overrides Daemon.Originals)")
     run.add_argument("--write", choices=("sidecar", "embedded"), help="where captions go (overrides Daemon.Write)")
     run.add_argument("--report", metavar="FILE", help="also write the summary as JSON (counts, reasons, seconds, "
@@ -312,17 +313,7 @@ def command_retry(arguments: argparse.Namespace) -> int:
             raise UsageError("FILTER needs the originals folder: pass --config with Daemon.Originals")
         terms = (filters.parse(arguments.filters, originals, photoprism=False, metadata=False).names
                  if originals is not None else ())
-
-        def selected(path: Path) -> bool:
-            if not terms or originals is None:
-                return True
-            try:
-                relative = path.relative_to(originals).as_posix()
-            except ValueError:
-                return False
-            return all(term.matches(relative, path.name) for term in terms)
-
-        requeued = state.requeue(selected)
+        requeued = state.requeue(lambda path: filters.selects(terms, originals, path))
     finally:
         state.close()
     total = sum(requeued.values())

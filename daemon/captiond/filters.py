@@ -149,6 +149,17 @@ def name_terms(query: Query, photoprism: AppConfig | None, originals: Path) -> t
     return (*query.names, FilterTerm("files", text, photoprism_files(text, photoprism, originals)))
 
 
+def selects(terms: Sequence[FilterTerm], originals: Path | None, path: Path) -> bool:
+    """Return whether a path (absolute) matches every name term; no terms select everything."""
+    if not terms or originals is None:
+        return True
+    try:
+        relative = path.relative_to(originals).as_posix()
+    except ValueError:
+        return False
+    return all(term.matches(relative, path.name) for term in terms)
+
+
 def matches_metadata(terms: Sequence[FilterTerm], metadata: FileMetadata) -> bool:
     """Return whether a photo's metadata matches every metadata term."""
     return all(_matches(term, metadata) for term in terms)
