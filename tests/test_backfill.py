@@ -21,13 +21,13 @@ PHOTOS = {"2024/a.jpg": "Canon_PowerShot_S40.jpg", "2024/b.jpg": "Nikon_COOLPIX_
           "2023/c.jpg": "Canon_PowerShot_S40.jpg", "2023/person.jpg": "33-type_error.jpg"}
 
 
-def caption_once(config_path: Path, originals: Path, *words: str, dry_run: bool = False,
+def caption_once(config_path: Path, originals: Path, *words: str, dry_run: bool = False, count: int | None = None,
                  report: Path | None = None) -> backfill.Summary:
-    """Run the use case as `captiond run [--dry-run] [--report FILE] WORDS...` does, without a process."""
+    """Run the use case as `captiond run [--dry-run] [--count N] [--report FILE] WORDS...` does, without a process."""
     config = load_config(config_path).with_daemon(originals=originals)
     runs = model_runs(config, "caption", connect=not dry_run)
     query = filters.parse(words, originals, photoprism=False)
-    return backfill.run(config, runs, RunOptions(dry_run=dry_run), originals, query,
+    return backfill.run(config, runs, RunOptions(dry_run=dry_run, count=count), originals, query,
                         filters.name_terms(query, None, originals), words=words, report=report)
 
 
@@ -68,6 +68,31 @@ def test_a_filtered_dry_run_asks_and_writes_nothing(tmp_path: Path, library: Pat
     assert "would caption 1" in capsys.readouterr().out
     assert not list(library.rglob("*.xmp"))
     assert emulator.generation_requests() == []
+
+
+def test_a_metadata_filter_and_count_limit_the_run(tmp_path: Path, library: Path, emulator: OllamaEmulator) -> None:
+    config = write_config(tmp_path, emulator.url)
+
+    summary = caption_once(config, library, count=1)
+    assert summary.captions == 1 and summary.counts["skipped"] == 3  # the person's caption, and --count reached
+    first = [path.name for path in library.rglob("*.xmp")]
+    assert len(first) == 1 and first[0] in ("a.jpg.xmp", "b.jpg.xmp", "c.jpg.xmp")
+
+    expected = len({"a.jpg.xmp", "c.jpg.xmp"} - set(first))  # the Canon of 2003, where not captioned yet
+    assert caption_once(config, library, "year:2003").captions == expected
+    assert {"a.jpg.xmp", "c.jpg.xmp"} <= {path.name for path in library.rglob("*.xmp")}
+
+
+def test_a_broken_photo_fails_with_its_reason_and_the_run_goes_on(
+        tmp_path: Path, library: Path, emulator: OllamaEmulator) -> None:
+    (library / "2024" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG after all")
+    report = tmp_path / "report.json"
+
+    summary = caption_once(write_config(tmp_path, emulator.url), library, report=report)
+
+    assert (summary.captions, summary.failed) == (3, 1)
+    failures = json.loads(report.read_text())["failures"]
+    assert [failure["path"] for failure in failures] == ["2024/broken.jpg"] and failures[0]["reason"]
 
 
 def test_a_model_server_that_cannot_be_used_stops_the_run_before_any_photo(
