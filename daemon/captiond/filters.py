@@ -223,7 +223,7 @@ def _key_value(word: str, originals: Path) -> tuple[str, str]:
     if key not in PHOTOPRISM_KEYS:
         if (originals / word).exists():  # a file or folder whose name holds a colon
             return "path", word
-        raise UsageError(f"{word}: unknown filter {key}: (PhotoPrism's search has no such key)")
+        raise UsageError(f"{printable(word)}: unknown filter {key}: (PhotoPrism's search has no such key)")
     return key, value
 
 
@@ -253,12 +253,13 @@ def _check(key: str, value: str) -> None:
 
 def _cannot_answer(words: list[str], metadata: bool) -> str:
     keys = ", ".join(dict.fromkeys(f"{word.partition(':')[0].lower()}:" for word in words))
+    words = [printable(word) for word in words]
     if not metadata:
         return (f"{' '.join(words)}: retry selects files by path:, name:, filename: and paths or globs; "
                 f"it cannot answer {keys}")
     return (f"{' '.join(words)}: captiond cannot answer {keys} from the files; PhotoPrism's search can: set "
             "Daemon.PhotoPrism {Url, Token} in vision.yml (album:, person: and label: filters are answered by "
-            "PhotoPrism)")
+            "PhotoPrism when it is set)")
 
 
 def _numbers(key: str, value: str) -> set[int]:
